@@ -1,0 +1,58 @@
+"""`speechcnn` command line: LightningCLI subcommands (fit, validate, test, predict)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+from jsonargparse import ArgumentParser
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+
+from speechcnn.training import SpeechClassifierModule
+
+
+def checkpoint_dir(root: str | None) -> str | None:
+    """Checkpoints live in `<trainer.default_root_dir>/checkpoints`, so a rerun finds them."""
+    return None if root is None else str(Path(root) / "checkpoints")
+
+
+class SpeechCNNCLI(LightningCLI):
+    """LightningCLI with a best-by-validation-accuracy checkpoint and linked arguments.
+
+    The data module is the single source of the class names and the sample rate; the model
+    receives them through `link_arguments`.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(SpeechClassifierModule, pl.LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.link_arguments(
+            "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir
+        )
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.sample_rate", "model.sample_rate", apply_on="instantiate")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `speechcnn` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    SpeechCNNCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

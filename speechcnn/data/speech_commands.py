@@ -1,0 +1,301 @@
+"""Google Speech Commands v0.02: the 12- and 35-class tasks, and the official 12-class test set."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from speechcnn.data.audio import AudioError, read_audio
+from speechcnn.data.clips import Batch, BatchAugment, ClipDataset, ClipSet, decode_clips, to_float
+
+log = logging.getLogger(__name__)
+
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+SILENCE, UNKNOWN = "_silence_", "_unknown_"
+NOISE_DIR = "_background_noise_"
+ALL_WORDS = (
+    "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward",
+    "four", "go", "happy", "house", "learn", "left", "marvin", "nine", "no", "off", "on", "one",
+    "right", "seven", "sheila", "six", "stop", "three", "tree", "two", "up", "visual", "wow",
+    "yes", "zero",
+)  # fmt: skip
+TASKS = ("12", "35")
+SPLITS = ("train", "val", "test")
+GET_DATA = (
+    "Download and extract speech_commands_v0.02.tar.gz "
+    "(http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz) and point --data.root "
+    "at the extracted folder; see data/README.md"
+)
+
+
+class DataError(ValueError):
+    """A data folder that is missing or not in the expected layout."""
+
+
+def class_names(task: str) -> list[str]:
+    """Class names in label order: 12 = silence, unknown, 10 keywords; 35 = every word."""
+    if task == "12":
+        return [SILENCE, UNKNOWN, *KEYWORDS]
+    if task == "35":
+        return list(ALL_WORDS)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def _read_list(path: Path) -> set[str]:
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def index_speech_commands(root: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """Word clips of each split as (relative path, word), by the official split rule.
+
+    Files named in validation_list.txt are validation, in testing_list.txt testing, and every
+    other clip in a word folder is training.
+
+    Raises:
+        DataError: the folder is missing or not in the v0.02 layout.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Speech Commands folder {root} does not exist. {GET_DATA}")
+    lists = {name: root / name for name in ("validation_list.txt", "testing_list.txt")}
+    missing = [name for name, path in lists.items() if not path.is_file()]
+    words = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    absent = [w for w in KEYWORDS if w not in words]
+    if missing or absent:
+        raise DataError(
+            f"{root} is not a Speech Commands v0.02 folder: expected one folder per word "
+            f"(missing: {absent or 'none'}), {NOISE_DIR}/, validation_list.txt and "
+            f"testing_list.txt (missing: {missing or 'none'}). {GET_DATA}"
+        )
+    val, test = _read_list(lists["validation_list.txt"]), _read_list(lists["testing_list.txt"])
+    splits: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    for word in words:
+        for wav in sorted((root / word).glob("*.wav")):
+            rel = f"{word}/{wav.name}"
+            split = "val" if rel in val else "test" if rel in test else "train"
+            splits[split].append((rel, word))
+    listed = {rel for rel, _ in splits["val"]} | {rel for rel, _ in splits["test"]}
+    if not_found := sorted((val | test) - listed):
+        log.warning(
+            "%d files in the split lists are missing from %s, e.g. %s",
+            len(not_found),
+            root,
+            not_found[:3],
+        )
+    return splits
+
+
+def read_noise(root: str | Path, sample_rate: int) -> list[np.ndarray]:
+    """The background-noise recordings of `root/_background_noise_` as float arrays."""
+    folder = Path(root) / NOISE_DIR
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder} does not exist: the 12-class task cuts _silence_ from it. {GET_DATA}"
+        )
+    noise = []
+    for wav in sorted(folder.glob("*.wav")):
+        try:
+            noise.append(read_audio(wav, sample_rate))
+        except AudioError as error:
+            log.warning("skipping noise file: %s", error)
+    if not noise:
+        raise DataError(f"{folder} holds no readable .wav recordings. {GET_DATA}")
+    return noise
+
+
+def cut_silence(
+    noise: list[np.ndarray], count: int, num_samples: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """`count` silence clips: random windows of background noise at a random volume in [0, 1]."""
+    clips = []
+    usable = [n for n in noise if len(n) >= num_samples]
+    for _ in range(count):
+        source = usable[rng.integers(len(usable))]
+        start = rng.integers(0, len(source) - num_samples + 1)
+        clips.append(source[start : start + num_samples] * rng.uniform(0.0, 1.0))
+    return clips
+
+
+def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[Path, int]]:
+    """Clips of a folder in the official 12-class test layout (one folder per class name)."""
+    test_root = Path(test_root)
+    missing = [n for n in names if not (test_root / n).is_dir()]
+    if missing:
+        raise DataError(
+            f"{test_root} is not in the official 12-class test-set layout: expected folders "
+            f"{names}, missing {missing}. Extract speech_commands_test_set_v0.02.tar.gz "
+            "(http://download.tensorflow.org/data/speech_commands_test_set_v0.02.tar.gz) there."
+        )
+    items = []
+    for label, name in enumerate(names):
+        # Unknown clips are named like backward_0c540988_nohash_0.wav.wav: match any *.wav.
+        items += [(p, label) for p in sorted((test_root / name).glob("*.wav"))]
+    return items
+
+
+class SpeechCommandsDataModule(pl.LightningDataModule):
+    """Speech Commands v0.02 for the 12- or 35-class task.
+
+    12 classes: the 10 keywords, `_unknown_` (every other word, subsampled to about the size of
+    a keyword class) and `_silence_` (cut from `_background_noise_`, as many as a keyword
+    class). Clips are padded/trimmed to `clip_seconds`. Training batches get a random time
+    shift and background noise at random volume, applied on the training device.
+
+    Args:
+        root: folder of the extracted speech_commands_v0.02 data set.
+        task: "12" or "35".
+        test_root: a folder in the official 12-class test-set layout to test on instead of
+            the testing split.
+        sample_rate: sample rate the model sees (clips at other rates are resampled).
+        clip_seconds: clip length.
+        batch_size: clips per batch.
+        num_workers: DataLoader workers (clips are already decoded in memory: 0 is fastest).
+        time_shift_ms: maximum random time shift in training.
+        noise_prob: probability of mixing background noise into a training clip.
+        noise_volume: maximum background-noise gain in training.
+        seed: seed of the unknown subsampling and the silence clips.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/speech_commands_v0.02",
+        task: str = "12",
+        test_root: str | None = None,
+        sample_rate: int = 16000,
+        clip_seconds: float = 1.0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        time_shift_ms: float = 100.0,
+        noise_prob: float = 0.8,
+        noise_volume: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if test_root is not None and task != "12":
+            raise ValueError(f"test_root holds the official 12-class test set; task is {task!r}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.root = Path(root)
+        self.task = task
+        self.test_root = test_root
+        self.sample_rate = sample_rate
+        self.num_samples = round(sample_rate * clip_seconds)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.class_names = class_names(task)
+        self.num_classes = len(self.class_names)
+        self.augment = BatchAugment(
+            shift_samples=round(sample_rate * time_shift_ms / 1000),
+            noise_prob=noise_prob,
+            noise_volume=noise_volume,
+        )
+        self.clips: dict[str, ClipSet] = {}
+        self._index: dict[str, list[tuple[str, str]]] | None = None
+        self._noise: list[np.ndarray] | None = None
+
+    def split_items(self, split: str) -> tuple[list[tuple[Path, int]], int]:
+        """(path, label) word clips of a split, and how many silence clips it gets."""
+        if self._index is None:
+            self._index = index_speech_commands(self.root)
+        label_of = {name: i for i, name in enumerate(self.class_names)}
+        if self.task == "35":
+            items = [
+                (self.root / rel, label_of[w]) for rel, w in self._index[split] if w in label_of
+            ]
+            return items, 0
+        keywords = [
+            (self.root / rel, label_of[w]) for rel, w in self._index[split] if w in KEYWORDS
+        ]
+        unknown = [
+            (self.root / rel, label_of[UNKNOWN])
+            for rel, w in self._index[split]
+            if w not in KEYWORDS
+        ]
+        per_class = round(len(keywords) / len(KEYWORDS))
+        if len(unknown) > per_class:
+            rng = np.random.default_rng([self.seed, SPLITS.index(split)])
+            unknown = [
+                unknown[i] for i in sorted(rng.choice(len(unknown), per_class, replace=False))
+            ]
+        return keywords + unknown, per_class
+
+    def noise(self) -> list[np.ndarray]:
+        """Background-noise recordings (read once)."""
+        if self._noise is None:
+            self._noise = read_noise(self.root, self.sample_rate)
+        return self._noise
+
+    def _load(self, split: str) -> ClipSet:
+        if split in self.clips:
+            return self.clips[split]
+        if split == "test" and self.test_root is not None:
+            clips = decode_clips(
+                official_test_items(self.test_root, self.class_names),
+                self.sample_rate,
+                self.num_samples,
+            )
+        else:
+            items, n_silence = self.split_items(split)
+            extra = []
+            if n_silence:
+                rng = np.random.default_rng([self.seed, 100 + SPLITS.index(split)])
+                silence = cut_silence(self.noise(), n_silence, self.num_samples, rng)
+                extra = [(s, 0, f"{SILENCE}/{split}_{i}") for i, s in enumerate(silence)]
+            clips = decode_clips(items, self.sample_rate, self.num_samples, extra=extra)
+        if len(clips) == 0:
+            raise DataError(f"no usable clips in the {split} split of {self.root}")
+        counts = torch.bincount(clips.labels, minlength=self.num_classes).tolist()
+        log.info(
+            "%s: %d clips (%d skipped), per class %s", split, len(clips), len(clips.skipped), counts
+        )
+        self.clips[split] = clips
+        return clips
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self._load("train")
+            self._load("val")
+            if self.augment.noise_prob > 0 and self.augment.noise.numel() == 0:
+                self.augment.noise = torch.from_numpy(np.concatenate(self.noise()))
+        if stage in (None, "fit", "validate"):
+            self._load("val")
+        if stage in (None, "test", "predict"):
+            self._load("test")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ClipDataset(self._load(split)),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.clips[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Float conversion, and in training the augmentation, on the batch's device."""
+        waveforms, lengths, labels = batch
+        waveforms = to_float(waveforms)
+        if self.trainer is not None and self.trainer.training:
+            waveforms = self.augment.to(waveforms.device)(waveforms, lengths)
+        return waveforms, lengths, labels

@@ -1,0 +1,181 @@
+"""Waveform -> log-mel (or MFCC) features, computed by torchaudio inside the model.
+
+Frames are not centred (no reflection padding): frame t covers samples
+[t * hop, t * hop + n_fft). That makes every frame a function of its own samples only,
+so a clip padded with zeros gives the same frames as the clip alone, and a streamer can
+compute the same frames chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+
+class LogMelFeatures(nn.Module):
+    """Log-mel spectrogram (optionally MFCC) of a batch of waveforms.
+
+    Args:
+        sample_rate: sample rate of the input waveforms in Hz.
+        n_mels: number of mel bins F.
+        win_ms: analysis window length in milliseconds (also the FFT size).
+        hop_ms: hop between frames in milliseconds.
+        f_min: lowest mel filter edge in Hz.
+        f_max: highest mel filter edge in Hz (None: Nyquist).
+        n_mfcc: if set, return this many MFCCs instead of log-mel energies.
+        log_floor: added to the mel energies before the log, so silence gives a finite value.
+        freq_masks: number of SpecAugment frequency masks applied in training.
+        freq_mask_width: maximum width of each frequency mask, in bins.
+        time_masks: number of SpecAugment time masks applied in training.
+        time_mask_width: maximum width of each time mask, in frames.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_mels: int = 40,
+        win_ms: float = 25.0,
+        hop_ms: float = 10.0,
+        f_min: float = 20.0,
+        f_max: float | None = None,
+        n_mfcc: int | None = None,
+        log_floor: float = 1e-6,
+        freq_masks: int = 0,
+        freq_mask_width: int = 0,
+        time_masks: int = 0,
+        time_mask_width: int = 0,
+    ) -> None:
+        super().__init__()
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        if n_mels <= 0:
+            raise ValueError(f"n_mels must be positive, got {n_mels}")
+        if win_ms <= 0 or hop_ms <= 0:
+            raise ValueError(f"win_ms and hop_ms must be positive, got {win_ms} and {hop_ms}")
+        if n_mfcc is not None and not 0 < n_mfcc <= n_mels:
+            raise ValueError(f"n_mfcc must be in 1..n_mels={n_mels}, got {n_mfcc}")
+        if log_floor <= 0:
+            raise ValueError(f"log_floor must be positive, got {log_floor}")
+        f_max = sample_rate / 2 if f_max is None else f_max
+        if not 0 <= f_min < f_max <= sample_rate / 2:
+            raise ValueError(
+                f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}"
+            )
+        for name, value in [
+            ("freq_masks", freq_masks),
+            ("freq_mask_width", freq_mask_width),
+            ("time_masks", time_masks),
+            ("time_mask_width", time_mask_width),
+        ]:
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+        self.sample_rate = sample_rate
+        self.n_fft = round(sample_rate * win_ms / 1000)
+        self.hop_length = round(sample_rate * hop_ms / 1000)
+        self.n_mels = n_mels
+        self.log_floor = log_floor
+        self.out_features = n_mfcc if n_mfcc is not None else n_mels
+        self.freq_masks, self.freq_mask_width = freq_masks, freq_mask_width
+        self.time_masks, self.time_mask_width = time_masks, time_mask_width
+
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        fb = torchaudio.functional.melscale_fbanks(
+            n_freqs=self.n_fft // 2 + 1,
+            f_min=f_min,
+            f_max=f_max,
+            n_mels=n_mels,
+            sample_rate=sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )  # (n_fft/2+1, F)
+        self.register_buffer("mel_fbanks", fb, persistent=False)
+        if n_mfcc is not None:
+            dct = torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho")  # (F, n_mfcc)
+            self.register_buffer("dct", dct, persistent=False)
+        else:
+            self.dct = None
+
+    def num_frames(self, num_samples: Tensor | int) -> Tensor | int:
+        """Number of frames T for clips of `num_samples` samples (0 if shorter than a window)."""
+        if isinstance(num_samples, Tensor):
+            return (
+                torch.div(num_samples - self.n_fft, self.hop_length, rounding_mode="floor")
+                .add(1)
+                .clamp(min=0)
+            )
+        return max(0, (num_samples - self.n_fft) // self.hop_length + 1)
+
+    def mel_energies(self, waveforms: Tensor) -> Tensor:
+        """Power mel spectrogram, before the log.
+
+        Args:
+            waveforms: (B, S) float waveforms, S >= n_fft.
+
+        Returns:
+            (B, F, T) mel energies.
+        """
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (B, S), got {tuple(waveforms.shape)}")
+        if waveforms.shape[-1] < self.n_fft:
+            raise ValueError(
+                f"clips must have at least n_fft={self.n_fft} samples, got {waveforms.shape[-1]}"
+            )
+        # The STFT always runs in float32: under bf16 autocast its power would lose the
+        # quiet bins that the log then turns into large, noisy values.
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):
+            spec = torch.stft(
+                waveforms.float(),
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                window=self.window,
+                center=False,
+                return_complex=True,
+            )  # (B, n_fft/2+1, T)
+            power = spec.real.square() + spec.imag.square()
+            # (B, n_fft/2+1, T) -> (B, T, n_fft/2+1) @ (n_fft/2+1, F) -> (B, F, T)
+            return torch.matmul(power.transpose(1, 2), self.mel_fbanks).transpose(1, 2)
+
+    def from_mel_energies(self, mel: Tensor) -> Tensor:
+        """Log (and DCT, for MFCC) of mel energies: (B, F, T) -> (B, F_out, T)."""
+        logmel = torch.log(mel + self.log_floor)
+        if self.dct is None:
+            return logmel
+        # (B, F, T) -> (B, T, F) @ (F, n_mfcc) -> (B, n_mfcc, T)
+        return torch.matmul(logmel.transpose(1, 2), self.dct).transpose(1, 2)
+
+    def spec_augment(self, features: Tensor) -> Tensor:
+        """SpecAugment frequency and time masks, drawn independently per example: (B, F, T)."""
+        batch, n_freq, n_time = features.shape
+        keep = torch.ones_like(features, dtype=torch.bool)
+        for count, width, size, axis in [
+            (self.freq_masks, self.freq_mask_width, n_freq, 1),
+            (self.time_masks, self.time_mask_width, n_time, 2),
+        ]:
+            if count == 0 or width == 0:
+                continue
+            positions = torch.arange(size, device=features.device)
+            for _ in range(count):
+                w = torch.randint(0, width + 1, (batch, 1), device=features.device)
+                start = (torch.rand(batch, 1, device=features.device) * (size - w + 1)).long()
+                masked = (positions >= start) & (positions < start + w)  # (B, size)
+                # (B, size) -> (B, size, 1) or (B, 1, size), to broadcast over the other axis
+                keep &= ~(masked.unsqueeze(2) if axis == 1 else masked.unsqueeze(1))
+        # Masked cells take the example's mean so masks do not add an out-of-range value.
+        mean = features.mean(dim=(1, 2), keepdim=True)
+        return torch.where(keep, features, mean)
+
+    def forward(self, waveforms: Tensor) -> Tensor:
+        """Features of a batch of waveforms.
+
+        Args:
+            waveforms: (B, S) float waveforms in [-1, 1].
+
+        Returns:
+            (B, F, T) log-mel energies (or MFCCs), T = 1 + (S - n_fft) // hop_length.
+        """
+        features = self.from_mel_energies(self.mel_energies(waveforms))
+        if self.training:
+            features = self.spec_augment(features)
+        return features

@@ -1,0 +1,235 @@
+"""The full classifier: waveform -> log-mel -> frequency-only CNN -> LSTM -> logits.
+
+Plain nn.Modules: nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from speechcnn.features import LogMelFeatures
+from speechcnn.frontend import FrequencyCNN
+
+POOLINGS = ("last", "mean", "attention")
+
+
+class LSTMHead(nn.Module):
+    """LSTM over frame embeddings, pooled over time, then a linear classifier.
+
+    Padded batches are packed, so a clip gives the same logits alone or padded in a batch.
+
+    Args:
+        in_features: frame embedding size D.
+        num_classes: number of classes K.
+        hidden_size: LSTM hidden size H (per direction).
+        num_layers: number of stacked LSTM layers.
+        bidirectional: run a backward LSTM too (not streamable).
+        pooling: "last" (final state), "mean" (mean over valid frames) or "attention"
+            (softmax-weighted mean over valid frames).
+        dropout: dropout between LSTM layers and before the classifier.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        bidirectional: bool = False,
+        pooling: str = "last",
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if in_features <= 0 or num_classes <= 1:
+            raise ValueError(
+                f"need in_features > 0 and num_classes > 1, got {in_features}, {num_classes}"
+            )
+        if hidden_size <= 0 or num_layers <= 0:
+            raise ValueError(
+                f"hidden_size and num_layers must be positive, got {hidden_size}, {num_layers}"
+            )
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.pooling = pooling
+        self.bidirectional = bidirectional
+        self.lstm = nn.LSTM(
+            in_features,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        out = hidden_size * (2 if bidirectional else 1)
+        self.attention = nn.Linear(out, 1) if pooling == "attention" else None
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(out, num_classes)
+
+    @property
+    def streamable(self) -> bool:
+        """True when logits at frame t depend only on frames <= t (see speechcnn.streaming)."""
+        return not self.bidirectional and self.pooling == "last"
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Classify sequences of frame embeddings.
+
+        Args:
+            x: (B, T, D) frame embeddings.
+            lengths: (B,) number of valid frames per sequence (None: all T).
+
+        Returns:
+            (B, K) logits.
+        """
+        batch, n_frames, _ = x.shape
+        if lengths is None:
+            outputs, (h_n, _) = self.lstm(x)  # (B, T, H*dirs)
+            mask = None
+        else:
+            lengths = lengths.clamp(min=1, max=n_frames)
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed_out, (h_n, _) = self.lstm(packed)
+            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=n_frames)
+            mask = torch.arange(n_frames, device=x.device) < lengths.to(x.device)[:, None]  # (B, T)
+
+        if self.pooling == "last":
+            # h_n holds each sequence's state at its own last valid frame (and, backwards,
+            # at frame 0), which packing makes exact for padded sequences.
+            if self.bidirectional:
+                pooled = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # (B, 2H)
+            else:
+                pooled = h_n[-1]  # (B, H)
+        elif self.pooling == "mean":
+            if mask is None:
+                pooled = outputs.mean(dim=1)
+            else:
+                weights = mask.to(outputs.dtype)
+                pooled = (outputs * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+        else:
+            scores = self.attention(outputs).squeeze(-1)  # (B, T, 1) -> (B, T)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=1)
+            pooled = torch.einsum("bt,bth->bh", weights, outputs)
+        return self.classifier(self.dropout(pooled))
+
+
+class SpeechClassifier(nn.Module):
+    """Waveforms to class logits: features -> input norm -> FrequencyCNN -> LSTMHead.
+
+    Args:
+        features: waveform (B, S) -> (B, F, T) feature extractor.
+        frontend: frame-local front end (B, F, T) -> (B, T, D).
+        head: sequence classifier (B, T, D) -> (B, K).
+        input_norm: per-bin batch norm of the features (a fixed per-bin affine map at
+            inference, so it keeps frames local and streamable).
+    """
+
+    def __init__(
+        self,
+        features: LogMelFeatures,
+        frontend: FrequencyCNN,
+        head: LSTMHead,
+        input_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if frontend.in_freq != features.out_features:
+            raise ValueError(
+                f"frontend expects {frontend.in_freq} bins, features give {features.out_features}"
+            )
+        self.features = features
+        self.input_norm = nn.BatchNorm1d(features.out_features) if input_norm else nn.Identity()
+        self.frontend = frontend
+        self.head = head
+
+    def frame_lengths(self, lengths: Tensor | None) -> Tensor | None:
+        """Valid frames per clip for (B,) valid samples per clip."""
+        return None if lengths is None else self.features.num_frames(lengths)
+
+    def embed(self, waveforms: Tensor) -> Tensor:
+        """Frame embeddings (B, S) -> (B, T, D), before the LSTM."""
+        return self.frontend(self.input_norm(self.features(waveforms)))
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Classify a batch of waveforms.
+
+        Args:
+            waveforms: (B, S) float waveforms, zero-padded past each clip's length.
+            lengths: (B,) valid samples per clip (None: all S).
+
+        Returns:
+            (B, K) logits.
+        """
+        return self.head(self.embed(waveforms), self.frame_lengths(lengths))
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Architecture hyperparameters of `SpeechClassifier`, as recipes and checkpoints hold them.
+
+    Feature fields go to `LogMelFeatures`, `cnn_*` to `FrequencyCNN`, `lstm_*`, `bidirectional`,
+    `pooling` and `head_dropout` to `LSTMHead`.
+    """
+
+    n_mels: int = 40
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_mfcc: int | None = None
+    freq_masks: int = 2
+    freq_mask_width: int = 5
+    time_masks: int = 2
+    time_mask_width: int = 10
+    input_norm: bool = True
+    cnn_channels: tuple[int, ...] = (32, 64)
+    cnn_kernels: tuple[int, ...] = (5, 5)
+    cnn_strides: tuple[int, ...] | None = None
+    cnn_pools: tuple[int, ...] = (2, 2)
+    cnn_dropout: float = 0.1
+    activation: str = "relu"
+    lstm_hidden: int = 128
+    lstm_layers: int = 2
+    bidirectional: bool = False
+    pooling: str = "last"
+    head_dropout: float = 0.1
+
+
+def build_classifier(
+    config: ClassifierConfig, num_classes: int, sample_rate: int = 16000
+) -> SpeechClassifier:
+    """The full model for `num_classes` classes of audio at `sample_rate` Hz."""
+    c = config
+    features = LogMelFeatures(
+        sample_rate=sample_rate,
+        n_mels=c.n_mels,
+        win_ms=c.win_ms,
+        hop_ms=c.hop_ms,
+        n_mfcc=c.n_mfcc,
+        freq_masks=c.freq_masks,
+        freq_mask_width=c.freq_mask_width,
+        time_masks=c.time_masks,
+        time_mask_width=c.time_mask_width,
+    )
+    frontend = FrequencyCNN(
+        features.out_features,
+        channels=c.cnn_channels,
+        kernel_sizes=c.cnn_kernels,
+        strides=c.cnn_strides,
+        pools=c.cnn_pools,
+        dropout=c.cnn_dropout,
+        activation=c.activation,
+    )
+    head = LSTMHead(
+        frontend.out_features,
+        num_classes,
+        hidden_size=c.lstm_hidden,
+        num_layers=c.lstm_layers,
+        bidirectional=c.bidirectional,
+        pooling=c.pooling,
+        dropout=c.head_dropout,
+    )
+    return SpeechClassifier(features, frontend, head, input_norm=c.input_norm)

@@ -1,0 +1,74 @@
+"""What a recipe runs: fit (resuming an interrupted run), test the best checkpoint, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from speechcnn.cli import SpeechCNNCLI
+from speechcnn.report import classification_report, plot_confusion
+
+
+class EpochTimer(pl.Callback):
+    """Wall-clock seconds of each training epoch run in this process."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def run_recipe(config: str | Path, argv: list[str]) -> dict:
+    """Train with `config` plus `--section.key value` overrides, test the best checkpoint.
+
+    A run folder's `checkpoints/last.ckpt` from an interrupted run is resumed. Writes
+    metrics.json, report.json (per-class precision/recall) and confusion.png to the run's log
+    folder and returns the metrics.
+    """
+    cli = SpeechCNNCLI(args=["--config", str(config), *argv], run=False)
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    checkpoint = trainer.checkpoint_callback
+    last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint and checkpoint.dirpath else None
+    resume = str(last) if last is not None and last.is_file() else None
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+
+    timer = EpochTimer()
+    trainer.callbacks.append(timer)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    train_seconds = time.perf_counter() - start
+    best = checkpoint.best_model_path if checkpoint else ""
+    trainer.test(module, datamodule=data, ckpt_path=best or None)
+
+    report = classification_report(module.test_confusion.compute(), module.class_names)
+    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "test_accuracy": round(report["accuracy"], 4),
+        "test_keyword_accuracy": round(report["keyword_accuracy"], 4)
+        if "keyword_accuracy" in report
+        else None,
+        "test_examples": report["num_examples"],
+        "parameters": module.num_parameters,
+        "train_seconds": round(train_seconds, 1),
+        "epochs": trainer.current_epoch,
+        "seconds_per_epoch": round(sum(timer.seconds) / len(timer.seconds), 2)
+        if timer.seconds
+        else None,
+        "best_checkpoint": best,
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_confusion(module.test_confusion.compute(), module.class_names, run_dir / "confusion.png")
+    print(json.dumps(metrics), flush=True)
+    return metrics

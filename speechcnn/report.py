@@ -1,0 +1,79 @@
+"""Test-set report: accuracy, keyword accuracy, per-class precision/recall, confusion PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from speechcnn.data.speech_commands import KEYWORDS
+
+
+def classification_report(confusion: Tensor, class_names: list[str]) -> dict:
+    """Metrics from a (K, K) confusion matrix (rows: true class, columns: predicted class).
+
+    Returns accuracy, per-class precision/recall/support and, when the classes include the 10
+    Speech Commands keywords, `keyword_accuracy`: accuracy over clips whose true class is one.
+    """
+    confusion = confusion.detach().cpu().to(torch.float64)
+    if confusion.shape != (len(class_names), len(class_names)):
+        raise ValueError(
+            f"confusion is {tuple(confusion.shape)}, expected {len(class_names)} classes"
+        )
+    correct = confusion.diag()
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    total = support.sum().item()
+    report: dict = {
+        "accuracy": correct.sum().item() / total if total else float("nan"),
+        "num_examples": int(total),
+    }
+    keyword_ids = [class_names.index(k) for k in KEYWORDS if k in class_names]
+    if len(keyword_ids) == len(KEYWORDS):
+        kw_total = support[keyword_ids].sum().item()
+        report["keyword_accuracy"] = (
+            correct[keyword_ids].sum().item() / kw_total if kw_total else float("nan")
+        )
+    report["per_class"] = {
+        name: {
+            "precision": correct[i].item() / predicted[i].item() if predicted[i] else float("nan"),
+            "recall": correct[i].item() / support[i].item() if support[i] else float("nan"),
+            "support": int(support[i].item()),
+        }
+        for i, name in enumerate(class_names)
+    }
+    return report
+
+
+def plot_confusion(confusion: Tensor, class_names: list[str], path: str | Path) -> Path:
+    """Save a row-normalised confusion matrix as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion.detach().cpu().to(torch.float64)
+    rates = counts / counts.sum(1, keepdim=True).clamp(min=1)
+    k = len(class_names)
+    size = max(5.0, 0.35 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=90)
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 15:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    color = "white" if rates[i, j] > 0.5 else "black"
+                    ax.text(
+                        j, i, int(counts[i, j]), ha="center", va="center", fontsize=7, color=color
+                    )
+    ax.set_title("confusion (row-normalised colour, counts in cells)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,155 @@
+"""The LightningModule: one shared step around `SpeechClassifier`, metrics per stage."""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from speechcnn.data.clips import Batch
+from speechcnn.frontend import count_parameters
+from speechcnn.model import ClassifierConfig, SpeechClassifier, build_classifier
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+class SpeechClassifierModule(pl.LightningModule):
+    """Trains a `SpeechClassifier` with cross-entropy and AdamW.
+
+    Args:
+        class_names: class names in label order (linked from the data module: one source).
+        sample_rate: sample rate of the waveforms (linked from the data module).
+        net: architecture hyperparameters.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        label_smoothing: cross-entropy label smoothing.
+        schedule: "onecycle" (warm-up then cosine decay, per step), "cosine" (linear warm-up
+            then cosine decay, per step) or "constant".
+        warmup_fraction: fraction of the training steps spent warming up.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        sample_rate: int = 16000,
+        net: ClassifierConfig = ClassifierConfig(),  # noqa: B008 (frozen dataclass)
+        lr: float = 3e-3,
+        weight_decay: float = 1e-2,
+        label_smoothing: float = 0.0,
+        schedule: str = "onecycle",
+        warmup_fraction: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.model: SpeechClassifier = build_classifier(net, len(class_names), sample_rate)
+        k = len(class_names)
+        self.acc = torch.nn.ModuleDict(
+            {
+                f"{stage}_acc": MulticlassAccuracy(k, average="micro")
+                for stage in ("train", "val", "test")
+            }
+        )
+        self.test_confusion = MulticlassConfusionMatrix(k)
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.model)
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, S) waveforms, (B,) lengths -> (B, K) logits."""
+        return self.model(waveforms, lengths)
+
+    def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+        waveforms, lengths, labels = batch
+        logits = self(waveforms, lengths)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        preds = logits.argmax(dim=-1)
+        accuracy = self.acc[f"{stage}_acc"]
+        accuracy(preds, labels)
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(labels),
+            sync_dist=not on_step,
+        )
+        self.log(
+            f"{stage}/acc",
+            accuracy,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(labels),
+        )
+        if stage == "test":
+            self.test_confusion.update(preds, labels)
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """(B, K) class probabilities."""
+        waveforms, lengths, _ = batch
+        return self(waveforms, lengths).softmax(dim=-1)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            # Norm scales and biases are not weights to shrink.
+            (no_decay if param.ndim <= 1 else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=hp.lr,
+        )
+        if hp.schedule == "constant":
+            return {"optimizer": optimizer}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(total * hp.warmup_fraction))
+        if hp.schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=hp.lr,
+                total_steps=total,
+                pct_start=warmup / total,
+                anneal_strategy="cos",
+            )
+        else:
+
+            def warmup_cosine(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                progress = min(1.0, (step - warmup) / max(1, total - warmup))
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
