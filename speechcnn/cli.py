@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -48,9 +49,20 @@ class SpeechCNNCLI(LightningCLI):
         parser.link_arguments("data.sample_rate", "model.sample_rate", apply_on="instantiate")
 
 
+# Subcommands beyond Lightning's fit/validate/test/predict: name -> "module:function", where the
+# function takes the remaining arguments (list[str]). Imported only when called.
+EXTRA_COMMANDS: dict[str, str] = {}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `speechcnn` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in EXTRA_COMMANDS:
+        module, function = EXTRA_COMMANDS[argv[0]].split(":")
+        getattr(importlib.import_module(module), function)(argv[1:])
+        return
+    if argv[:1] in (["-h"], ["--help"]) and EXTRA_COMMANDS:
+        print(f"other subcommands: {', '.join(sorted(EXTRA_COMMANDS))} (each takes --help)")
     SpeechCNNCLI(args=argv)
 
 
