@@ -1,0 +1,245 @@
+"""Fetching and unpacking data set archives safely: resumable, verified, atomic.
+
+`download_file` streams a URL into `<dest>.part`, resuming a partial file with an HTTP Range
+request (also after a connection cut mid-way, up to `retries` times), checks the sha256 of the
+whole file, and only then renames it to `dest`: a file at `dest` is always complete and
+verified. `extract_tar` checks every member before writing anything (no absolute paths, no
+`..`, no links or devices pointing out of the target), extracts into a hidden sibling folder
+and renames that into place, so a failed extraction never leaves a half-filled target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger(__name__)
+
+SPEECH_COMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
+SPEECH_COMMANDS_SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"
+SPEECH_COMMANDS_BYTES = 2_428_923_189
+TEST_SET_URL = "http://download.tensorflow.org/data/speech_commands_test_set_v0.02.tar.gz"
+TEST_SET_SHA256 = "cc2a00c1147c2254e9be3fa0f779d8c17421dc349b86366567a8edfa9acd51df"
+TEST_SET_BYTES = 112_563_277
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download or archive that could not be used; the message says why and what to do."""
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _progress_bar(total: int | None, initial: int, name: str) -> Callable[[int], None]:
+    """A tqdm byte counter on stderr (shown only on a terminal); returns its update function."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm comes with Lightning; without it, no bar
+        return lambda n: None
+    bar = tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    )
+    return bar.update
+
+
+def _fetch_once(url: str, part: Path, timeout: float, show_progress: bool) -> None:
+    """One HTTP request: append to `part` from its current size (Range), or restart it."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "speechcnn"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # nothing left to send: the part file is complete
+            return
+        raise
+    with response:
+        status = getattr(response, "status", 200)
+        if have and status != 206:  # the server ignored Range: start over rather than corrupt
+            log.info("%s does not support resuming; downloading from the start", url)
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        update = _progress_bar(total, have, part.name) if show_progress else (lambda n: None)
+        received = 0
+        with open(part, "ab" if have else "wb") as f:
+            while block := response.read(CHUNK):
+                f.write(block)
+                received += len(block)
+                update(len(block))
+        if length is not None and received < int(length):
+            # A cut connection can end the body early without an exception: resume it.
+            raise http.client.IncompleteRead(b"", int(length) - received)
+
+
+def download_file(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    retries: int = 3,
+    timeout: float = 60.0,
+    show_progress: bool = True,
+) -> Path:
+    """Download `url` to `dest`, resuming `<dest>.part`, verifying `sha256`, moving atomically.
+
+    An existing `dest` with the right checksum is reused. A part file whose checksum turns out
+    wrong is deleted (resuming it again could never succeed).
+
+    Raises:
+        DownloadError: the URL cannot be reached after `retries` resumptions, or the checksum
+            differs; the message names the URL and how to use a local copy instead.
+    """
+    dest = Path(dest)
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, part, timeout, show_progress)
+            last_error = None
+            break
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            last_error = error
+            have = part.stat().st_size if part.exists() else 0
+            log.warning(
+                "download of %s interrupted (%s) at %d bytes; attempt %d of %d",
+                url,
+                error,
+                have,
+                attempt + 1,
+                retries + 1,
+            )
+    if last_error is not None:
+        raise DownloadError(
+            f"cannot download {url} ({last_error}); kept {part} to resume later. If this "
+            f"machine is offline, copy the archive to {dest} (it is checked against its sha256) "
+            "or extract it yourself and point --data.root at the folder, or set --data.url to "
+            "a mirror (file:///path/to/archive.tar.gz works too)."
+        ) from last_error
+    if sha256 is not None:
+        actual = sha256_of(part)
+        if actual != sha256:
+            part.unlink()
+            raise DownloadError(
+                f"{url}: downloaded file has sha256 {actual}, expected {sha256}; deleted it. "
+                "The mirror or the download is corrupt: retry, or use another --data.url."
+            )
+    os.replace(part, dest)  # atomic on one file system: dest is never a partial file
+    return dest
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member may not be extracted, or None if it is safe."""
+    name = PurePosixPath(member.name)
+    if member.name.startswith(("/", "\\")) or name.is_absolute() or ":" in name.parts[0]:
+        return "absolute path"
+    if ".." in name.parts:
+        return "path with '..'"
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        if target.is_absolute() or member.linkname.startswith("\\"):
+            return f"link to absolute path {member.linkname!r}"
+        # Symlinks resolve from their own folder, hard links from the archive root.
+        base = name.parent if member.issym() else PurePosixPath()
+        depth = 0
+        for part in (base / target).parts:
+            depth += -1 if part == ".." else 0 if part == "." else 1
+            if depth < 0:
+                return f"link pointing out of the target ({member.linkname!r})"
+    elif not (member.isfile() or member.isdir()):
+        return "device, FIFO or other special file"
+    return None
+
+
+def extract_tar(archive: str | Path, target: str | Path) -> Path:
+    """Extract a (compressed) tar archive into the new folder `target`, safely and atomically.
+
+    Every member is checked first; one unsafe member refuses the whole archive and nothing is
+    written. Extraction goes to a hidden sibling folder, renamed to `target` when complete.
+
+    Raises:
+        DownloadError: the archive is unreadable or holds an unsafe member (named, with why),
+            or `target` exists and is not empty.
+    """
+    archive, target = Path(archive), Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise DownloadError(f"{target} already exists and is not empty; will not extract over it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.extracting-", dir=target.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            bad = [(m.name, why) for m in members if (why := _member_problem(m))]
+            if bad:
+                shown = "; ".join(f"{name!r}: {why}" for name, why in bad[:5])
+                raise DownloadError(
+                    f"refusing to extract {archive}: {len(bad)} unsafe member(s) ({shown})"
+                )
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (and backports)
+                tar.extractall(staging, members=members, filter="data")
+            else:
+                tar.extractall(staging, members=members)  # noqa: S202 (members checked above)
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(staging, target)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DownloadError(f"cannot extract {archive}: {error}") from error
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def fetch_and_extract(
+    url: str,
+    target: str | Path,
+    sha256: str | None,
+    keep_archive: bool = False,
+    show_progress: bool = True,
+    retries: int = 3,
+) -> Path:
+    """Download the tar archive at `url` next to `target`, verify it, extract it to `target`.
+
+    The archive is kept as `<target parent>/<archive name>` until extraction succeeded (so a
+    failed extraction does not download again), then deleted unless `keep_archive`.
+    """
+    target = Path(target)
+    name = PurePosixPath(urllib.request.urlparse(url).path).name or f"{target.name}.tar.gz"
+    archive = target.parent / name
+    log.info("downloading %s to %s", url, archive)
+    download_file(url, archive, sha256, retries=retries, show_progress=show_progress)
+    log.info("extracting %s to %s", archive, target)
+    extract_tar(archive, target)
+    if not keep_archive:
+        archive.unlink()
+    return target

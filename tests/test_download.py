@@ -1,0 +1,192 @@
+"""Download and extraction against an HTTP server on 127.0.0.1 serving archives built here."""
+
+import hashlib
+import io
+import random
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from speechcnn.data.download import DownloadError, download_file, extract_tar, fetch_and_extract
+
+
+class ArchiveServer:
+    """Serves `files` (path -> bytes) with Range support; can cut the next N bodies halfway."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.cuts = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                rng = self.headers.get("Range")
+                server.requests.append((self.path, rng))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if start >= len(body):
+                    self.send_error(416)
+                    return
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if server.cuts > 0:  # a connection dropped mid-body
+                    server.cuts -= 1
+                    self.wfile.write(body[start : start + (len(body) - start) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "ArchiveServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def make_tar(entries: list[tuple[str, bytes | None, str | None]]) -> bytes:
+    """A .tar.gz of (name, file bytes, symlink target) entries; both None makes a folder."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data, link in entries:
+            info = tarfile.TarInfo(name)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            elif data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+GOOD = make_tar(
+    [
+        ("./yes", None, None),
+        ("./yes/a_nohash_0.wav", b"RIFF" + bytes(3000), None),
+        ("./validation_list.txt", b"yes/a_nohash_0.wav\n", None),
+        ("./link.txt", None, "validation_list.txt"),
+    ]
+    + [(f"./no/{i}.bin", random.Random(i).randbytes(2000), None) for i in range(40)]
+)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def server():
+    with ArchiveServer() as s:
+        s.files["/data/sc.tar.gz"] = GOOD
+        yield s
+
+
+def test_download_and_extract(server, tmp_path):
+    target = tmp_path / "data" / "sc"
+    fetch_and_extract(f"{server.url}/data/sc.tar.gz", target, sha(GOOD), show_progress=False)
+    assert (target / "yes" / "a_nohash_0.wav").read_bytes() == b"RIFF" + bytes(3000)
+    assert (target / "link.txt").read_text() == "yes/a_nohash_0.wav\n"
+    assert len(list((target / "no").iterdir())) == 40
+    # nothing else is left next to the target: no archive, part file or staging folder
+    assert sorted(p.name for p in target.parent.iterdir()) == ["sc"]
+
+
+def test_cut_connection_is_resumed_with_range(server, tmp_path):
+    server.cuts = 1
+    dest = download_file(
+        f"{server.url}/data/sc.tar.gz", tmp_path / "sc.tar.gz", sha(GOOD), show_progress=False
+    )
+    assert dest.read_bytes() == GOOD
+    assert server.requests[0][1] is None
+    assert server.requests[1][1] == f"bytes={len(GOOD) // 2}-"
+    assert not (tmp_path / "sc.tar.gz.part").exists()
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
+    (tmp_path / "sc.tar.gz.part").write_bytes(GOOD[:1000])
+    download_file(f"{server.url}/data/sc.tar.gz", tmp_path / "sc.tar.gz", sha(GOOD), retries=0)
+    assert (tmp_path / "sc.tar.gz").read_bytes() == GOOD
+    assert server.requests == [("/data/sc.tar.gz", "bytes=1000-")]
+
+
+def test_giving_up_keeps_the_part_file_but_never_the_destination(server, tmp_path):
+    server.cuts = 5
+    with pytest.raises(DownloadError, match="kept .*sc.tar.gz.part"):
+        download_file(f"{server.url}/data/sc.tar.gz", tmp_path / "sc.tar.gz", sha(GOOD), retries=1)
+    assert not (tmp_path / "sc.tar.gz").exists()
+    assert 0 < (tmp_path / "sc.tar.gz.part").stat().st_size < len(GOOD)
+
+
+def test_wrong_checksum_is_refused_and_nothing_extracted(server, tmp_path):
+    target = tmp_path / "sc"
+    with pytest.raises(DownloadError, match="sha256"):
+        fetch_and_extract(f"{server.url}/data/sc.tar.gz", target, "0" * 64, show_progress=False)
+    assert list(tmp_path.iterdir()) == []  # no target, archive, part file or staging folder
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (("/etc/evil", b"x", None), "absolute path"),
+        (("../evil", b"x", None), r"'\.\.'"),
+        (("ok/../../evil", b"x", None), r"'\.\.'"),
+        (("up", None, "../../outside"), "out of the target"),
+        (("abs", None, "/etc/passwd"), "absolute path"),
+    ],
+)
+def test_malicious_archive_is_refused(server, tmp_path, entry, why):
+    bad = make_tar([("./fine.txt", b"fine", None), entry])
+    server.files["/bad.tar.gz"] = bad
+    target = tmp_path / "out" / "sc"
+    with pytest.raises(DownloadError, match=f"refusing to extract.*{why}"):
+        fetch_and_extract(f"{server.url}/bad.tar.gz", target, sha(bad), show_progress=False)
+    assert not target.exists()
+    assert [p.name for p in target.parent.iterdir()] == ["bad.tar.gz"]  # kept, nothing else
+    assert not (tmp_path / "evil").exists()
+
+
+def test_extract_refuses_a_non_empty_target(tmp_path):
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(GOOD)
+    (tmp_path / "sc").mkdir()
+    (tmp_path / "sc" / "mine.txt").write_text("user data")
+    with pytest.raises(DownloadError, match="not empty"):
+        extract_tar(archive, tmp_path / "sc")
+    assert (tmp_path / "sc" / "mine.txt").read_text() == "user data"
+
+
+def test_offline_error_says_what_failed_and_how_to_use_a_local_copy(tmp_path):
+    with ArchiveServer() as s:
+        url = f"{s.url}/x.tar.gz"
+    # the server is shut down: connection refused, as offline
+    with pytest.raises(DownloadError) as info:
+        download_file(url, tmp_path / "x.tar.gz", retries=0, timeout=2)
+    message = str(info.value)
+    assert url in message and "--data.root" in message and "mirror" in message
+
+
+def test_an_existing_verified_archive_is_reused(server, tmp_path):
+    (tmp_path / "sc.tar.gz").write_bytes(GOOD)
+    download_file(f"{server.url}/data/sc.tar.gz", tmp_path / "sc.tar.gz", sha(GOOD))
+    assert server.requests == []
