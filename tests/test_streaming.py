@@ -1,0 +1,154 @@
+"""Streaming equals offline: random chunkings of a recording give the offline frames and
+per-frame posteriors within 1e-5 (float32), with nothing carried but STFT overlap and (h, c)."""
+
+import numpy as np
+import pytest
+import torch
+
+from speechcnn.model import ClassifierConfig, build_classifier
+from speechcnn.streaming import (
+    NotStreamableError,
+    Streamer,
+    check_streamable,
+    offline_posteriors,
+    stream_posteriors,
+)
+
+TOL = 1e-5
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """A random-weight tiny classifier with non-trivial batch-norm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    config = ClassifierConfig(
+        n_mels=16,
+        cnn_channels=(4, 6),
+        cnn_kernels=(3, 5),
+        cnn_pools=(2, 1),
+        lstm_hidden=8,
+        lstm_layers=2,
+        **overrides,
+    )
+    model = build_classifier(config, num_classes=5, sample_rate=16000)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_(0.0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_(1.0, 0.2)
+            module.bias.data.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def recording(seconds: float = 0.6, seed: int = 0) -> torch.Tensor:
+    """Noise with a louder tone burst, so frames differ."""
+    rng = np.random.default_rng(seed)
+    n = int(16000 * seconds)
+    t = np.arange(n) / 16000
+    x = 0.05 * rng.standard_normal(n) + 0.3 * np.sin(2 * np.pi * 440 * t) * (t > seconds / 3)
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def random_chunks(n: int, rng: np.random.Generator, max_chunk: int) -> list[int]:
+    sizes = []
+    while sum(sizes) < n:
+        sizes.append(int(rng.integers(0, max_chunk + 1)))  # 0-sample chunks included
+    return sizes
+
+
+def run_chunked(model, wave: torch.Tensor, sizes: list[int]):
+    streamer = Streamer(model)
+    feats, posts, start = [], [], 0
+    for size in sizes:
+        step = streamer.push(wave[start : start + size])
+        assert step.first_frame == sum(p.shape[0] for p in posts)
+        feats.append(step.features)
+        posts.append(step.posteriors)
+        start += size
+    return torch.cat(feats, dim=1), torch.cat(posts, dim=0), streamer
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("max_chunk", [1, 7, 160, 401, 4000, 20000])
+def test_random_chunkings_equal_offline(seed, max_chunk):
+    model = tiny_model()
+    wave = recording(0.6 if max_chunk > 1 else 0.1, seed)
+    rng = np.random.default_rng([seed, max_chunk])
+    sizes = random_chunks(len(wave), rng, max_chunk)
+    feats, posts, streamer = run_chunked(model, wave, sizes)
+    with torch.no_grad():
+        ref_feats = model.features(wave[None])[0]  # (F, T)
+    ref_posts = offline_posteriors(model, wave[None])[0]  # (T, K)
+    assert feats.shape == ref_feats.shape
+    assert posts.shape == ref_posts.shape
+    assert streamer.frames_done == model.features.num_frames(len(wave))
+    assert (feats - ref_feats).abs().max() <= TOL
+    assert (posts - ref_posts).abs().max() <= TOL
+
+
+def test_one_sample_chunks_and_final_frame_equals_offline_logits():
+    model = tiny_model(seed=1)
+    wave = recording(0.12, seed=3)
+    _, posts, _ = run_chunked(model, wave, [1] * len(wave))
+    with torch.no_grad():
+        clip_probs = model(wave[None]).softmax(-1)[0]  # "last" pooling: final frame's output
+    assert (posts[-1] - clip_probs).abs().max() <= TOL
+    assert torch.allclose(posts.sum(-1), torch.ones(len(posts)), atol=1e-5)
+
+
+def test_frames_batched_through_front_end_any_step_size():
+    model = tiny_model(seed=2)
+    wave = recording(0.5, seed=4)
+    ref = offline_posteriors(model, wave[None])[0]
+    streamer = Streamer(model, max_frames_per_step=3)
+    posts = torch.cat(
+        [streamer.push(wave[:5000]).posteriors, streamer.push(wave[5000:]).posteriors]
+    )
+    assert (posts - ref).abs().max() <= TOL
+
+
+def test_stream_posteriors_and_reset():
+    model = tiny_model(seed=3)
+    wave = recording(0.7, seed=5)
+    ref = offline_posteriors(model, wave[None])[0]
+    assert (stream_posteriors(model, wave, chunk_samples=333) - ref).abs().max() <= TOL
+    streamer = Streamer(model)
+    first = streamer.push(wave).posteriors
+    streamer.reset()
+    again = streamer.push(wave.numpy()).posteriors  # numpy input too
+    assert torch.equal(first, again)
+
+
+def test_short_and_empty_chunks_emit_nothing():
+    streamer = Streamer(tiny_model())
+    step = streamer.push(torch.zeros(0))
+    assert step.features.shape == (16, 0) and step.posteriors.shape == (0, 5)
+    step = streamer.push(torch.zeros(streamer.n_fft - 1))
+    assert step.posteriors.shape == (0, 5)
+    assert streamer.push(torch.zeros(1)).posteriors.shape == (1, 5)
+    assert streamer.frame_end_time(0) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match=r"\(S,\)"):
+        streamer.push(torch.zeros(1, 10))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"bidirectional": True}, "bidirectional"),
+        ({"pooling": "mean"}, "whole utterance"),
+        ({"pooling": "attention"}, "whole utterance"),
+    ],
+)
+def test_unstreamable_models_are_refused(overrides, why):
+    model = tiny_model(**overrides)
+    with pytest.raises(NotStreamableError, match=why) as info:
+        Streamer(model)
+    assert "pooling=last" in str(info.value) and "bidirectional=false" in str(info.value)
+    with pytest.raises(NotStreamableError):
+        check_streamable(model)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="0"):
+        Streamer(tiny_model(), max_frames_per_step=0)
+    with pytest.raises(ValueError, match="-1"):
+        stream_posteriors(tiny_model(), torch.zeros(100), chunk_samples=-1)
