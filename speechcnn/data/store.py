@@ -1,0 +1,264 @@
+"""Waveform store: every clip decoded once into a memory-mapped int16 cache next to the data.
+
+A cache entry is a folder `<name>-<fingerprint[:16]>/` holding
+
+- `waveforms.i16`: the clips as a raw (N, S) int16 array, read back with `np.memmap`;
+- `index.json`: shape, paths, labels, valid lengths, the files left out (path and reason), the
+  sample rate, the clip length and the full fingerprint.
+
+The fingerprint hashes everything the decoded clips depend on: each source file's path, label,
+size and modification time, the already decoded extra clips (e.g. silence cut from background
+noise), the sample rate, the clip length and the store's format version. A changed, added or
+removed file gives a new fingerprint, so a stale cache is never reused: it is rebuilt, and the
+old entry of the same name is deleted.
+
+An entry is built in a temporary folder and renamed into place in one step, so a caching run
+that is interrupted leaves no half-written entry behind (a temporary folder left by a killed
+process is removed by the next build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechcnn.data.audio import AudioError, fit_length, read_audio
+from speechcnn.data.clips import ClipSet, decode_clips, to_int16
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_CACHE_HOME = Path.home() / ".cache" / "speechcnn"
+_TMP_PREFIX = ".tmp-"
+
+
+def default_cache_dir(root: str | Path) -> Path:
+    """Where the cache of a data folder lives: `<root>/.speechcnn_cache` when `root` is
+    writable, else `~/.cache/speechcnn/<folder name>-<hash of its absolute path>`."""
+    root = Path(root).resolve()
+    if os.access(root, os.W_OK):
+        return root / ".speechcnn_cache"
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return DEFAULT_CACHE_HOME / f"{root.name}-{tag}"
+
+
+def fingerprint(
+    items: Sequence[tuple[str | Path, int]],
+    sample_rate: int,
+    num_samples: int | None,
+    extra: Sequence[tuple[np.ndarray, int, str]] = (),
+) -> str:
+    """Hash of everything the decoded clips depend on (see the module docstring).
+
+    Files are identified by path, size and modification time (reading every file's bytes
+    would cost as much as decoding it); a file that cannot be stat-ed hashes as missing.
+    """
+    h = hashlib.sha256()
+    h.update(f"v{FORMAT_VERSION} sr={sample_rate} n={num_samples}\n".encode())
+    for path, label in items:
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size} {st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{path}\t{label}\t{stamp}\n".encode())
+    for samples, label, name in extra:
+        h.update(f"extra {name}\t{label}\t{samples.shape}\n".encode())
+        h.update(np.ascontiguousarray(samples, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _read_entry(folder: Path, expected: str) -> ClipSet | None:
+    """The ClipSet of a finished cache entry, or None if it is absent or does not match."""
+    index_path = folder / "index.json"
+    if not index_path.is_file():
+        return None
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("ignoring unreadable cache index %s (%s)", index_path, error)
+        return None
+    if index.get("fingerprint") != expected or index.get("version") != FORMAT_VERSION:
+        return None
+    rows, width = index["shape"]
+    data = folder / "waveforms.i16"
+    if data.stat().st_size != rows * width * 2:
+        log.warning("ignoring cache %s: waveforms.i16 has the wrong size", folder)
+        return None
+    # mode="c" (copy on write): the tensor is writable as torch expects, the file never is.
+    array = (
+        np.memmap(data, dtype=np.int16, mode="c", shape=(rows, width))
+        if rows * width > 0
+        else np.zeros((rows, width), dtype=np.int16)
+    )
+    return ClipSet(
+        waveforms=torch.from_numpy(array),
+        lengths=torch.tensor(index["lengths"], dtype=torch.long),
+        labels=torch.tensor(index["labels"], dtype=torch.long),
+        paths=list(index["paths"]),
+        skipped=list(index["skipped"]),
+    )
+
+
+def _write_entry(
+    folder: Path,
+    items: Sequence[tuple[str | Path, int]],
+    sample_rate: int,
+    num_samples: int | None,
+    extra: Sequence[tuple[np.ndarray, int, str]],
+    key: str,
+) -> None:
+    """Decode into `folder` (a fresh temporary folder): rows are streamed to disk one clip at
+    a time, so caching a split never holds it in memory as float."""
+    labels: list[int] = []
+    paths: list[str] = []
+    lengths: list[int] = []
+    skipped: list[str] = []
+    if num_samples is None:
+        # Variable-length clips are padded to the longest, known only after decoding all.
+        clips = decode_clips(items, sample_rate, None, extra=extra)
+        clips.waveforms.numpy().tofile(folder / "waveforms.i16")
+        rows, width = clips.waveforms.shape
+        labels, paths = clips.labels.tolist(), clips.paths
+        lengths, skipped = clips.lengths.tolist(), clips.skipped
+    else:
+        width = num_samples
+        done = 0
+        last_report = time.monotonic()
+        with open(folder / "waveforms.i16", "wb") as out:
+            for path, label in items:
+                try:
+                    samples = read_audio(path, sample_rate)
+                except AudioError as error:
+                    log.warning("skipping %s", error)
+                    skipped.append(str(error))
+                    continue
+                out.write(to_int16(fit_length(samples, width)).tobytes())
+                lengths.append(min(len(samples), width))
+                labels.append(label)
+                paths.append(str(path))
+                done += 1
+                if time.monotonic() - last_report > 10:
+                    log.info("caching: %d / %d clips decoded", done, len(items))
+                    last_report = time.monotonic()
+            for samples, label, name in extra:
+                out.write(to_int16(fit_length(samples, width)).tobytes())
+                lengths.append(min(len(samples), width))
+                labels.append(label)
+                paths.append(name)
+            out.flush()
+            os.fsync(out.fileno())
+        rows = len(labels)
+    index = {
+        "version": FORMAT_VERSION,
+        "fingerprint": key,
+        "shape": [rows, width],
+        "sample_rate": sample_rate,
+        "num_samples": num_samples,
+        "labels": labels,
+        "lengths": lengths,
+        "paths": paths,
+        "skipped": skipped,
+    }
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def _remove_stale(cache_dir: Path, name: str, keep: Path) -> None:
+    """Delete older entries of `name` and temporary folders that killed runs left behind."""
+    for other in cache_dir.glob(f"{name}-*"):
+        # Only `<name>-<16 hex>`: a longer name that starts with this one is another entry.
+        suffix = other.name[len(name) + 1 :]
+        is_entry = len(suffix) == 16 and all(c in "0123456789abcdef" for c in suffix)
+        if is_entry and other != keep and other.is_dir():
+            log.info("removing stale cache %s", other)
+            shutil.rmtree(other, ignore_errors=True)
+    for tmp in cache_dir.glob(f"{_TMP_PREFIX}{name}-*"):
+        pid = tmp.name.rsplit("-", 2)[-2] if tmp.name.count("-") >= 2 else ""
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # another process is building this entry right now
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cached_clips(
+    items: Sequence[tuple[str | Path, int]],
+    sample_rate: int,
+    num_samples: int | None,
+    cache_dir: str | Path,
+    name: str,
+    extra: Sequence[tuple[np.ndarray, int, str]] = (),
+) -> ClipSet:
+    """`decode_clips` through the waveform store: decoded once, memory-mapped afterwards.
+
+    Args:
+        items: audio files and their labels.
+        sample_rate: target sample rate; other rates are resampled.
+        num_samples: pad/trim every clip to this length (None: pad to the longest clip).
+        cache_dir: folder of the cache entries (created if missing).
+        name: entry name, e.g. "speech_commands-12-train"; one live entry per name.
+        extra: already decoded (float samples, label, name) clips to append, e.g. silence.
+
+    Returns:
+        The clips, their waveforms an int16 tensor backed by the memory-mapped cache file.
+        Files that could not be decoded are left out and listed in `skipped` ("path: reason"),
+        and logged again on every run that reuses the cache.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"cache entry name must be a plain file name, got {name!r}")
+    cache_dir = Path(cache_dir)
+    key = fingerprint(items, sample_rate, num_samples, extra)
+    folder = cache_dir / f"{name}-{key[:16]}"
+    clips = _read_entry(folder, key)
+    if clips is not None:
+        log.info("%s: %d clips memory-mapped from cache %s", name, len(clips), folder)
+        for reason in clips.skipped:
+            log.warning("skipped when cached: %s", reason)
+        return clips
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log.info("%s: decoding %d files once into cache %s", name, len(items), folder)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-{os.getpid()}-", dir=cache_dir))
+    try:
+        _write_entry(tmp, items, sample_rate, num_samples, extra, key)
+        try:
+            os.rename(tmp, folder)  # atomic: readers see no entry or a complete one
+        except OSError:
+            if _read_entry(folder, key) is None:  # not a concurrent builder's finished entry
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(cache_dir, name, keep=folder)
+    clips = _read_entry(folder, key)
+    if clips is None:
+        raise RuntimeError(f"cache entry {folder} was written but cannot be read back")
+    log.info(
+        "%s: cached %d clips (%d skipped) in %.1f s",
+        name,
+        len(clips),
+        len(clips.skipped),
+        time.perf_counter() - start,
+    )
+    return clips
