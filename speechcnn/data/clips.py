@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from speechcnn.data.audio import AudioError, fit_length, read_audio
 
@@ -174,3 +174,202 @@ class BatchAugment(nn.Module):
             gain = gain * (torch.rand(batch, 1, device=device) < self.noise_prob)
             waveforms = (waveforms + gain * noise).clamp(-1.0, 1.0)
         return waveforms * valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Device-resident batches: the whole split on the training device, a batch is an index selection.
+
+
+class ShardedBatchSampler:
+    """Index batches of one rank's shard of a split, reshuffled every epoch.
+
+    All ranks draw the same permutation (seeded by `seed` and the epoch) and take every
+    `world_size`-th index from position `rank`, so the shards are disjoint. In training
+    (`drop_last`) each rank gets the same number of full batches, as DDP needs (every rank must
+    run the same number of steps); in evaluation each rank takes a contiguous chunk, no index
+    is repeated or dropped, and the chunks cover the split.
+
+    Lightning calls `set_epoch` at the start of every training epoch (it looks for a
+    `sampler` attribute on the loader).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
+        self.size, self.batch_size = size, batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard(self) -> Tensor:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        if self.drop_last:
+            per_rank = self.size // self.world_size
+            return order[self.rank : per_rank * self.world_size : self.world_size]
+        bounds = [self.size * r // self.world_size for r in range(self.world_size + 1)]
+        return order[bounds[self.rank] : bounds[self.rank + 1]]
+
+    def __len__(self) -> int:
+        per_rank = (
+            self.size // self.world_size
+            if self.drop_last
+            else (self.size * (self.rank + 1) // self.world_size)
+            - (self.size * self.rank // self.world_size)
+        )
+        if self.drop_last and per_rank >= self.batch_size:
+            return per_rank // self.batch_size
+        return -(-per_rank // self.batch_size)
+
+    def __iter__(self):  # noqa: ANN204 (a generator of (B,) int64 index tensors)
+        shard = self._shard()
+        full = len(shard) // self.batch_size * self.batch_size
+        # drop_last keeps a short final batch only when the shard holds no full batch at all.
+        stop = full if self.drop_last and full > 0 else len(shard)
+        for start in range(0, stop, self.batch_size):
+            yield shard[start : start + self.batch_size]
+
+
+class ResidentBatches:
+    """Batches selected from a ClipSet that lives on the training device.
+
+    The split is copied to `device` once, on the first iteration; a batch is then an index
+    selection there: (B, S) int16 waveforms, (B,) lengths, (B,) labels, all on `device`. A
+    plain iterable, not a DataLoader: Lightning passes it through unchanged (no
+    DistributedSampler: `sampler` already shards per rank) and moving its batches is a no-op.
+    """
+
+    def __init__(
+        self, clips: ClipSet, sampler: ShardedBatchSampler, device: torch.device | str
+    ) -> None:
+        if sampler.size != len(clips):
+            raise ValueError(f"sampler covers {sampler.size} clips, the split has {len(clips)}")
+        self.clips = clips
+        self.sampler = sampler
+        # Lightning reads these DataLoader attributes: `sampler` gets set_epoch, and there is
+        # no separate batch sampler (the sampler yields whole index batches).
+        self.batch_sampler = None
+        self.device = torch.device(device)
+        self._tensors: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(N, S) int16 waveforms, (N,) lengths, (N,) labels on the device (copied once)."""
+        if self._tensors is None:
+            c = self.clips
+            self._tensors = (
+                c.waveforms.to(self.device),
+                c.lengths.to(self.device),
+                c.labels.to(self.device),
+            )
+        return self._tensors
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):  # noqa: ANN204 (a generator of Batch)
+        waveforms, lengths, labels = self.tensors()
+        for index in self.sampler:
+            index = index.to(self.device, non_blocking=True)
+            yield waveforms[index], lengths[index], labels[index]
+
+
+def split_nbytes(clips: ClipSet) -> int:
+    """Bytes the split takes on a device (waveforms, lengths and labels)."""
+    return sum(t.numel() * t.element_size() for t in (clips.waveforms, clips.lengths, clips.labels))
+
+
+def fits_on_device(nbytes: int, device: torch.device, fraction: float = 0.5) -> tuple[bool, str]:
+    """Whether a split of `nbytes` may live on `device`, and the reason in words.
+
+    On a CUDA device it may take up to `fraction` of the memory free now (the rest is for the
+    model's activations); on the CPU the split is in host memory (memory-mapped) already.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        ok = nbytes <= fraction * free
+        return ok, f"{nbytes / 1e9:.2f} GB vs {free / 1e9:.1f} GB free on {device}"
+    if device.type == "cpu":
+        return True, f"{nbytes / 1e9:.2f} GB in host memory"
+    return False, f"no memory query for device type {device.type!r}"
+
+
+def make_loader(
+    clips: ClipSet,
+    batch_size: int,
+    shuffle: bool,
+    device: torch.device | str,
+    resident: bool | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    num_workers: int = 0,
+    name: str = "split",
+) -> ResidentBatches | DataLoader:
+    """A loader for one split: device-resident batches when the split fits, else a DataLoader.
+
+    Args:
+        clips: the split.
+        batch_size: clips per batch (per rank).
+        shuffle: training order (shuffled every epoch, full batches only).
+        device: the training device of this rank.
+        resident: True to force device-resident batches, False to force the per-item
+            DataLoader, None to choose by `fits_on_device`.
+        rank, world_size: this process's place in distributed training (resident batches
+            shard themselves; the DataLoader gets Lightning's DistributedSampler).
+        seed: shuffling seed of resident batches.
+        num_workers: DataLoader workers (the DataLoader path only).
+        name: the split's name for the log line.
+    """
+    device = torch.device(device)
+    nbytes = split_nbytes(clips)
+    fits, why = fits_on_device(nbytes, device)
+    use_resident = fits if resident is None else resident
+    if use_resident:
+        log.info(
+            "%s: %d clips resident on %s, batches are index selections (%s%s)",
+            name,
+            len(clips),
+            device,
+            why,
+            "" if resident is None else "; forced by resident=True",
+        )
+        drop_last = shuffle
+        sampler = ShardedBatchSampler(
+            len(clips), batch_size, shuffle, drop_last, rank, world_size, seed
+        )
+        return ResidentBatches(clips, sampler, device)
+    log.info(
+        "%s: %d clips through a per-item DataLoader with %d workers (%s)",
+        name,
+        len(clips),
+        num_workers,
+        "forced by resident=False" if resident is False else f"does not fit: {why}",
+    )
+    return DataLoader(
+        ClipDataset(clips),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(clips) > batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=device.type == "cuda",
+    )

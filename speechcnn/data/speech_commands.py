@@ -11,7 +11,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from speechcnn.data.audio import AudioError, read_audio
-from speechcnn.data.clips import Batch, BatchAugment, ClipDataset, ClipSet, decode_clips, to_float
+from speechcnn.data.clips import (
+    Batch,
+    BatchAugment,
+    ClipSet,
+    ResidentBatches,
+    decode_clips,
+    make_loader,
+    to_float,
+)
+from speechcnn.data.store import cached_clips, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +167,14 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         time_shift_ms: maximum random time shift in training.
         noise_prob: probability of mixing background noise into a training clip.
         noise_volume: maximum background-noise gain in training.
-        seed: seed of the unknown subsampling and the silence clips.
+        seed: seed of the unknown subsampling and the silence clips (and of the order of
+            device-resident training batches).
+        cache: decode every clip once into the waveform store (speechcnn.data.store) and
+            memory-map it on later runs; a changed data set is re-cached.
+        cache_dir: where the store lives (None: `<root>/.speechcnn_cache` when the root is
+            writable, else `~/.cache/speechcnn/...`).
+        resident: keep each split on the training device and select batches there (True),
+            use the per-item DataLoader (False), or choose by free device memory (None).
     """
 
     def __init__(
@@ -174,6 +190,9 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         noise_prob: float = 0.8,
         noise_volume: float = 0.1,
         seed: int = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        resident: bool | None = None,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -190,6 +209,9 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.resident = resident
         self.class_names = class_names(task)
         self.num_classes = len(self.class_names)
         self.augment = BatchAugment(
@@ -233,14 +255,34 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
             self._noise = read_noise(self.root, self.sample_rate)
         return self._noise
 
+    def store_dir(self) -> Path:
+        """Folder of the waveform store (see `cache_dir`); logs where it is and why."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        folder = default_cache_dir(self.root)
+        if not folder.is_relative_to(self.root.resolve()):
+            log.info("data root %s is not writable: waveform cache in %s", self.root, folder)
+        return folder
+
+    def _decode(
+        self,
+        items: list[tuple[Path, int]],
+        name: str,
+        extra: list[tuple[np.ndarray, int, str]] | tuple = (),
+    ) -> ClipSet:
+        if not self.cache:
+            return decode_clips(items, self.sample_rate, self.num_samples, extra=extra)
+        return cached_clips(
+            items, self.sample_rate, self.num_samples, self.store_dir(), name, extra=extra
+        )
+
     def _load(self, split: str) -> ClipSet:
         if split in self.clips:
             return self.clips[split]
         if split == "test" and self.test_root is not None:
-            clips = decode_clips(
+            clips = self._decode(
                 official_test_items(self.test_root, self.class_names),
-                self.sample_rate,
-                self.num_samples,
+                "speech_commands-official_test",
             )
         else:
             items, n_silence = self.split_items(split)
@@ -249,7 +291,7 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
                 rng = np.random.default_rng([self.seed, 100 + SPLITS.index(split)])
                 silence = cut_silence(self.noise(), n_silence, self.num_samples, rng)
                 extra = [(s, 0, f"{SILENCE}/{split}_{i}") for i, s in enumerate(silence)]
-            clips = decode_clips(items, self.sample_rate, self.num_samples, extra=extra)
+            clips = self._decode(items, f"speech_commands-{self.task}-{split}", extra=extra)
         if len(clips) == 0:
             raise DataError(f"no usable clips in the {split} split of {self.root}")
         counts = torch.bincount(clips.labels, minlength=self.num_classes).tolist()
@@ -270,26 +312,31 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         if stage in (None, "test", "predict"):
             self._load("test")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            ClipDataset(self._load(split)),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.clips[split]) > self.batch_size,
+    def _loader(self, split: str, shuffle: bool) -> ResidentBatches | DataLoader:
+        trainer = self.trainer
+        return make_loader(
+            self._load(split),
+            self.batch_size,
+            shuffle,
+            device=trainer.strategy.root_device if trainer is not None else "cpu",
+            resident=self.resident,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            seed=self.seed,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            name=split,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResidentBatches | DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> ResidentBatches | DataLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> ResidentBatches | DataLoader:
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> ResidentBatches | DataLoader:
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:

@@ -1,0 +1,103 @@
+"""Device-resident batches: sharding, index selection, the automatic choice, and a fit."""
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from speechcnn.data.clips import ClipSet, ResidentBatches, ShardedBatchSampler, make_loader
+from speechcnn.data.speech_commands import SpeechCommandsDataModule
+from speechcnn.model import ClassifierConfig
+from speechcnn.training import SpeechClassifierModule
+
+TINY = ClassifierConfig(cnn_channels=(4, 8), lstm_hidden=16, lstm_layers=1)
+
+
+def clip_set(n=23, s=50):
+    return ClipSet(
+        waveforms=torch.arange(n * s, dtype=torch.int16).reshape(n, s),
+        lengths=torch.full((n,), s),
+        labels=torch.arange(n) % 5,
+        paths=[f"c{i}" for i in range(n)],
+    )
+
+
+def test_training_shards_are_disjoint_equal_and_reshuffled():
+    n, world = 103, 3
+    samplers = [ShardedBatchSampler(n, 8, True, True, rank, world, seed=1) for rank in range(3)]
+    shards = [torch.cat(list(s)) for s in samplers]
+    assert len({len(s) for s in samplers}) == 1  # every rank runs the same number of steps
+    assert all(len(list(s)) == len(s) == 4 for s in samplers)
+    seen = torch.cat(shards)
+    assert len(seen) == len(set(seen.tolist()))  # disjoint
+    first = shards[0].clone()
+    samplers[0].set_epoch(1)
+    assert not torch.equal(torch.cat(list(samplers[0])), first)
+
+
+def test_evaluation_shards_cover_the_split_once():
+    n, world = 23, 3
+    samplers = [ShardedBatchSampler(n, 4, False, False, rank, world) for rank in range(world)]
+    seen = torch.cat([torch.cat(list(s)) for s in samplers])
+    assert sorted(seen.tolist()) == list(range(n))
+    assert [len(list(s)) for s in samplers] == [len(s) for s in samplers]
+
+
+def test_resident_batches_are_index_selections():
+    clips = clip_set()
+    loader = ResidentBatches(clips, ShardedBatchSampler(len(clips), 5, False, False), "cpu")
+    batches = list(loader)
+    assert len(batches) == len(loader) == 5
+    waveforms = torch.cat([b[0] for b in batches])
+    assert torch.equal(waveforms, clips.waveforms) and waveforms.dtype == torch.int16
+    assert torch.equal(torch.cat([b[2] for b in batches]), clips.labels)
+
+
+def test_choice_is_automatic_logged_and_overridable(caplog):
+    clips = clip_set()
+    with caplog.at_level(logging.INFO):
+        auto = make_loader(clips, 4, True, "cpu", name="train")
+    assert isinstance(auto, ResidentBatches) and "resident on cpu" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        forced = make_loader(clips, 4, True, "cpu", resident=False, num_workers=0, name="train")
+    assert isinstance(forced, DataLoader) and "per-item DataLoader" in caplog.text
+
+
+def fit(root, tmp_path, resident):
+    pl.seed_everything(0)
+    data = SpeechCommandsDataModule(
+        root=str(root), batch_size=16, resident=resident, cache_dir=str(tmp_path / "cache")
+    )
+    module = SpeechClassifierModule(data.class_names, net=TINY, lr=1e-2, schedule="cosine")
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=data)
+    return trainer, module, data
+
+
+def test_fit_with_resident_batches(speech_commands_root, tmp_path):
+    trainer, module, data = fit(speech_commands_root, tmp_path, resident=None)
+    assert isinstance(trainer.train_dataloader, ResidentBatches)
+    assert trainer.train_dataloader.sampler.epoch == 1  # Lightning reshuffles every epoch
+    n_train = len(data.clips["train"])
+    assert trainer.num_training_batches == n_train // 16
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
+    predictions = trainer.predict(module, datamodule=data)
+    assert sum(len(p) for p in predictions) == len(data.clips["test"])
+
+
+def test_fit_with_dataloader_fallback(speech_commands_root, tmp_path):
+    trainer, _, _ = fit(speech_commands_root, tmp_path, resident=False)
+    assert isinstance(trainer.train_dataloader, DataLoader)
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
