@@ -20,15 +20,15 @@ TOL = 1e-5
 def tiny_model(seed: int = 0, **overrides):
     """A random-weight tiny classifier with non-trivial batch-norm statistics, in eval mode."""
     torch.manual_seed(seed)
-    config = ClassifierConfig(
-        n_mels=16,
-        cnn_channels=(4, 6),
-        cnn_kernels=(3, 5),
-        cnn_pools=(2, 1),
-        lstm_hidden=8,
-        lstm_layers=2,
-        **overrides,
-    )
+    settings = {
+        "n_mels": 16,
+        "cnn_channels": (4, 6),
+        "cnn_kernels": (3, 5),
+        "cnn_pools": (2, 1),
+        "lstm_hidden": 8,
+        "lstm_layers": 2,
+    }
+    config = ClassifierConfig(**{**settings, **overrides})
     model = build_classifier(config, num_classes=5, sample_rate=16000)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):

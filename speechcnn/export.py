@@ -1,0 +1,345 @@
+"""Export for deployment: TorchScript, ONNX and int8 dynamic quantization.
+
+Artefacts `speechcnn export MODEL --out-dir DIR` writes:
+
+- `model.ts`: TorchScript, features inside: (B, S) float waveforms -> (B, K) logits (traced;
+  torch.stft is a TorchScript op, so the graph holds the exact log-mel of training).
+- `model_features.onnx`: ONNX, features outside: (B, F, T) log-mel (what
+  `LogMelFeatures` computes, before the input norm) -> (B, K) logits. The caller computes the
+  log-mel itself (25 ms Hann window, 10 ms hop, no centring, slaney mel, log(x + 1e-6)).
+- `model.onnx`: ONNX, features inside: (B, S) waveforms -> (B, K) logits. ONNX export of
+  torch.stft fails on its complex output, so the graph computes the same STFT as a strided
+  convolution with a windowed DFT basis (real and imaginary rows) - equal within float rounding.
+- `model_int8.ts`: TorchScript of the model with the LSTM and linear layers quantized to int8
+  (dynamic quantization: int8 weights, activations quantized per batch at run time).
+- `meta.json`: class names, sample rate, feature settings, sizes and checks.
+
+Every exported graph takes any batch size and any clip length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from speechcnn.features import LogMelFeatures
+from speechcnn.model import SpeechClassifier
+
+
+class FeaturesToLogits(nn.Module):
+    """The classifier after the features: (B, F, T) log-mel -> (B, K) logits."""
+
+    def __init__(self, model: SpeechClassifier) -> None:
+        super().__init__()
+        self.input_norm = model.input_norm
+        self.frontend = model.frontend
+        self.head = model.head
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Logits of log-mel features.
+
+        Args:
+            features: (B, F, T) log-mel energies, as `LogMelFeatures` gives them.
+
+        Returns:
+            (B, K) logits.
+        """
+        return self.head(self.frontend(self.input_norm(features)))
+
+
+class DFTLogMel(nn.Module):
+    """`LogMelFeatures` without complex numbers: the STFT as a strided convolution.
+
+    Row j of the (2 * (n_fft/2+1), 1, n_fft) kernel is the Hann window times cos (real part)
+    or -sin (imaginary part) of DFT bin j, so conv1d with stride hop gives the STFT of the
+    non-centred frames; exportable to ONNX, equal to torch.stft within float rounding.
+    """
+
+    def __init__(self, features: LogMelFeatures) -> None:
+        super().__init__()
+        if features.dct is not None:
+            raise ValueError("DFTLogMel covers log-mel features; this model uses MFCCs")
+        n_fft, n_freq = features.n_fft, features.n_fft // 2 + 1
+        self.hop = features.hop_length
+        self.n_freq = n_freq
+        self.log_floor = features.log_floor
+        # float64 for the basis so its own rounding stays below float32's.
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(n_freq, dtype=torch.float64)
+        angle = 2 * math.pi * torch.outer(k, n) / n_fft  # (n_freq, n_fft)
+        window = features.window.to(torch.float64)
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
+        self.register_buffer("basis", basis.float().unsqueeze(1))  # (2*n_freq, 1, n_fft)
+        self.register_buffer("mel_fbanks", features.mel_fbanks.clone())  # (n_freq, F)
+
+    def forward(self, waveforms: Tensor) -> Tensor:
+        """Log-mel of a batch of waveforms.
+
+        Args:
+            waveforms: (B, S) float waveforms, S >= n_fft.
+
+        Returns:
+            (B, F, T) log-mel energies.
+        """
+        # (B, S) -> (B, 1, S) -> conv -> (B, 2*n_freq, T)
+        spec = nn.functional.conv1d(waveforms.unsqueeze(1), self.basis, stride=self.hop)
+        real, imag = spec[:, : self.n_freq], spec[:, self.n_freq :]  # (B, n_freq, T) each
+        power = real * real + imag * imag
+        # (B, n_freq, T) -> (B, T, n_freq) @ (n_freq, F) -> (B, T, F) -> (B, F, T)
+        mel = torch.matmul(power.transpose(1, 2), self.mel_fbanks).transpose(1, 2)
+        return torch.log(mel + self.log_floor)
+
+
+class WaveformToLogits(nn.Module):
+    """(B, S) waveforms -> (B, K) logits with a given feature extractor (for export)."""
+
+    def __init__(self, features: nn.Module, model: SpeechClassifier) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = FeaturesToLogits(model)
+
+    def forward(self, waveforms: Tensor) -> Tensor:
+        """Logits of waveforms: (B, S) -> (B, K)."""
+        return self.classifier(self.features(waveforms))
+
+
+def _eval_copy(model: SpeechClassifier) -> SpeechClassifier:
+    return copy.deepcopy(model).eval()
+
+
+def export_torchscript(model: SpeechClassifier, path: str | Path) -> torch.jit.ScriptModule:
+    """Trace `model` (features inside: (B, S) -> (B, K) logits) and save it to `path`."""
+    model = _eval_copy(model)
+    example = torch.zeros(2, model.features.sample_rate)  # (B, S): 1 s; any B, S works later
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+    traced.save(str(path))
+    return traced
+
+
+def export_onnx(model: SpeechClassifier, path: str | Path, features_inside: bool) -> None:
+    """Save `model` as ONNX: (B, S) waveforms or, features outside, (B, F, T) log-mel -> logits.
+
+    Uses the TorchScript-based exporter (opset 17), which needs no onnxscript.
+    """
+    model = _eval_copy(model)
+    wave = torch.zeros(2, model.features.sample_rate)  # (B, S)
+    if features_inside:
+        module: nn.Module = WaveformToLogits(DFTLogMel(model.features), model).eval()
+        example, name, axes = wave, "waveforms", {0: "batch", 1: "samples"}
+    else:
+        module = FeaturesToLogits(model).eval()
+        example, name, axes = model.features(wave), "features", {0: "batch", 2: "frames"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracer notes on Python shape checks, and the exporter's note that an LSTM traced
+        # at one batch size may warn at others (the dynamic axes cover it).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=[name],
+            output_names=["logits"],
+            dynamic_axes={name: axes, "logits": {0: "batch"}},
+        )
+
+
+def quantize_int8(model: SpeechClassifier) -> SpeechClassifier:
+    """A copy of `model` with nn.LSTM and nn.Linear dynamically quantized to int8 weights."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which is not a dependency.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            _eval_copy(model), {nn.LSTM, nn.Linear}, dtype=torch.qint8
+        )
+
+
+def serialized_size(module: nn.Module) -> int:
+    """Bytes of `module`'s state dict as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def onnx_session(path: str | Path) -> object:
+    """An onnxruntime CPU session (onnxruntime is in the `dev` extra)."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def check_exports(
+    model: SpeechClassifier, out_dir: str | Path, waveforms: list[np.ndarray]
+) -> dict[str, float]:
+    """Max abs logit difference of each exported float model from PyTorch on `waveforms`.
+
+    Each clip is run alone (B=1, its own length), so lengths need no padding.
+    """
+    out_dir = Path(out_dir)
+    model = _eval_copy(model)
+    scripted = torch.jit.load(str(out_dir / "model.ts"))
+    diffs = {"torchscript": 0.0}
+    sessions = {}
+    for name in ("model.onnx", "model_features.onnx"):
+        if (out_dir / name).is_file():
+            sessions[name] = onnx_session(out_dir / name)
+            diffs["onnx_waveform" if name == "model.onnx" else "onnx_features"] = 0.0
+    with torch.no_grad():
+        for samples in waveforms:
+            wave = torch.from_numpy(np.asarray(samples, dtype=np.float32))[None]  # (1, S)
+            reference = model(wave)
+            diffs["torchscript"] = max(
+                diffs["torchscript"], float((scripted(wave) - reference).abs().max())
+            )
+            for name, session in sessions.items():
+                if name == "model.onnx":
+                    key, feed = "onnx_waveform", {"waveforms": wave.numpy()}
+                else:
+                    key, feed = "onnx_features", {"features": model.features(wave).numpy()}
+                out = session.run(None, feed)[0]
+                diffs[key] = max(diffs[key], float(np.abs(out - reference.numpy()).max()))
+    return diffs
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, waveforms: Tensor, lengths: Tensor, labels: Tensor) -> float:
+    """Fraction of clips classified right: (N, S) float waveforms, (N,) lengths and labels."""
+    correct = 0
+    for start in range(0, len(labels), 64):
+        end = start + 64
+        logits = model(waveforms[start:end], lengths[start:end])  # (B, K)
+        correct += int((logits.argmax(-1) == labels[start:end]).sum())
+    return correct / max(1, len(labels))
+
+
+def int8_accuracy_change(model: SpeechClassifier, data_root: str | Path) -> dict[str, float]:
+    """Float and int8 accuracy on the Speech Commands testing split (12-class task)."""
+    from speechcnn.data.clips import to_float
+    from speechcnn.data.speech_commands import SpeechCommandsDataModule
+
+    data = SpeechCommandsDataModule(root=str(data_root), sample_rate=model.features.sample_rate)
+    data.setup("test")
+    clips = data.clips["test"]
+    waveforms = to_float(clips.waveforms)
+    float_acc = accuracy(_eval_copy(model), waveforms, clips.lengths, clips.labels)
+    int8_acc = accuracy(quantize_int8(model), waveforms, clips.lengths, clips.labels)
+    return {
+        "test_clips": len(clips),
+        "float_acc": round(float_acc, 4),
+        "int8_acc": round(int8_acc, 4),
+        "change": round(int8_acc - float_acc, 4),
+    }
+
+
+def export_all(
+    model: SpeechClassifier,
+    class_names: list[str],
+    out_dir: str | Path,
+    onnx: bool = True,
+    int8: bool = True,
+) -> dict[str, object]:
+    """Write every artefact (see the module docstring) to `out_dir`; returns meta.json's data."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = _eval_copy(model)
+    export_torchscript(model, out_dir / "model.ts")
+    files = ["model.ts"]
+    if onnx:
+        export_onnx(model, out_dir / "model.onnx", features_inside=True)
+        export_onnx(model, out_dir / "model_features.onnx", features_inside=False)
+        files += ["model.onnx", "model_features.onnx"]
+    sizes = {"float32_state_dict_bytes": serialized_size(model)}
+    if int8:
+        quantized = quantize_int8(model)
+        export_torchscript(quantized, out_dir / "model_int8.ts")
+        files.append("model_int8.ts")
+        sizes["int8_state_dict_bytes"] = serialized_size(quantized)
+    sizes.update({f"{name}_bytes": (out_dir / name).stat().st_size for name in files})
+    f = model.features
+    meta: dict[str, object] = {
+        "class_names": list(class_names),
+        "sample_rate": f.sample_rate,
+        "features": {
+            "n_fft": f.n_fft,
+            "hop_length": f.hop_length,
+            "n_mels": f.n_mels,
+            "window": "hann",
+            "center": False,
+            "mel": "slaney",
+            "log_floor": f.log_floor,
+        },
+        "outputs": "logits (softmax gives class probabilities)",
+        "files": files,
+        "sizes": sizes,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`speechcnn export MODEL --out-dir DIR [--no-onnx] [--no-int8] [--check FILES...]
+    [--accuracy-root DIR]`."""
+    from speechcnn.classify import load_classifier
+    from speechcnn.data.audio import read_audio
+
+    parser = argparse.ArgumentParser(
+        prog="speechcnn export",
+        description="Export a checkpoint to TorchScript, ONNX and int8 TorchScript; "
+        "prints one JSON line (sizes, and max abs logit differences with --check).",
+    )
+    parser.add_argument("model", help="a trained checkpoint (.ckpt)")
+    parser.add_argument("--out-dir", required=True, help="folder for the exported files")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX files")
+    parser.add_argument("--no-int8", action="store_true", help="skip int8 quantization")
+    parser.add_argument(
+        "--accuracy-root",
+        help="a Speech Commands v0.02 folder: report float and int8 accuracy on its testing split",
+    )
+    parser.add_argument(
+        "--check", nargs="*", default=[], help="audio files to compare exports with PyTorch on"
+    )
+    args = parser.parse_args(argv)
+    loaded = load_classifier(args.model)
+    meta = export_all(
+        loaded.model, loaded.class_names, args.out_dir, not args.no_onnx, not args.no_int8
+    )
+    result: dict[str, object] = {"out_dir": args.out_dir, "sizes": meta["sizes"]}
+    if args.check:
+        clips = [read_audio(p, loaded.sample_rate) for p in args.check]
+        result["max_abs_logit_diff"] = check_exports(loaded.model, args.out_dir, clips)
+        result["checked_clips"] = len(clips)
+    if args.accuracy_root:
+        result["int8_accuracy"] = int8_accuracy_change(loaded.model, args.accuracy_root)
+    print(json.dumps(result))
+
+
+def cli(argv: list[str]) -> None:
+    """Entry for `speechcnn export`."""
+    main(argv)
+
+
+__all__ = [
+    "DFTLogMel",
+    "FeaturesToLogits",
+    "WaveformToLogits",
+    "accuracy",
+    "check_exports",
+    "export_all",
+    "export_onnx",
+    "export_torchscript",
+    "int8_accuracy_change",
+    "quantize_int8",
+    "serialized_size",
+]
