@@ -51,7 +51,11 @@ class SpeechCNNCLI(LightningCLI):
 
 # Subcommands beyond Lightning's fit/validate/test/predict: name -> "module:function", where the
 # function takes the remaining arguments (list[str]). Imported only when called.
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "classify": "speechcnn.classify:cli",
+    "spot": "speechcnn.spotting:cli",
+    "export": "speechcnn.export:cli",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

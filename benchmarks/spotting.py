@@ -1,0 +1,223 @@
+"""Keyword spotting on long streams built from real Speech Commands clips.
+
+A stream is the clips of one split (validation_list.txt or testing_list.txt: the 10 keywords
+and the other words, which must not trigger) in random order, with gaps of 1-5 s of
+`_background_noise_` between them (a random recording, offset and gain), so the time of every
+word is known. Both streams are written to runs/spotting/ (never committed).
+
+The threshold is chosen on the validation stream (the lowest threshold whose false alarms per
+hour stay at or under --max-fa-per-hour, i.e. the most detections within that budget) and
+reported on the testing stream. A detection is a hit when its keyword is the clip's word and
+its span overlaps the clip by at least --min-overlap-s; every other detection (wrong word, an
+unknown word, noise, a second detection of a clip) is a false alarm.
+
+Run:
+    python benchmarks/spotting.py runs/sc_default/checkpoints/best-XXX.ckpt \
+        --data-root ../shared/data/speech_commands_dev --plot docs/spotting_curve.png
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from speechcnn.data.audio import read_audio
+from speechcnn.data.speech_commands import KEYWORDS, NOISE_DIR, read_noise
+from speechcnn.spotting import SpotConfig, detect, posterior_track
+
+THRESHOLDS = np.round(np.concatenate([np.arange(0.3, 0.9, 0.05), np.arange(0.9, 1.0, 0.01)]), 3)
+
+
+def build_stream(
+    root: Path, split_list: str, out_dir: Path, seed: int, sample_rate: int = 16000
+) -> tuple[np.ndarray, list[dict]]:
+    """The stream of a split's clips with noise gaps, and its ground truth (cached on disk)."""
+    name = Path(split_list).stem
+    wav, truth_path = out_dir / f"{name}_stream.wav", out_dir / f"{name}_truth.json"
+    if wav.is_file() and truth_path.is_file():
+        return read_audio(wav, sample_rate), json.loads(truth_path.read_text())
+    rng = np.random.default_rng(seed)
+    rels = [r for r in (root / split_list).read_text().split() if r.strip()]
+    rng.shuffle(rels)
+    noise = read_noise(root, sample_rate)
+    pieces, truth, position = [], [], 0
+
+    def gap() -> np.ndarray:
+        length = int(rng.uniform(1.0, 5.0) * sample_rate)
+        source = noise[rng.integers(len(noise))]
+        start = rng.integers(0, len(source) - length)
+        return source[start : start + length] * rng.uniform(0.3, 1.0)
+
+    for rel in rels:
+        pieces.append(gap())
+        position += len(pieces[-1])
+        clip = read_audio(root / rel, sample_rate)
+        word = rel.split("/")[0]
+        truth.append(
+            {
+                "word": word if word in KEYWORDS else "_unknown_",
+                "start": position / sample_rate,
+                "end": (position + len(clip)) / sample_rate,
+                "file": rel,
+            }
+        )
+        pieces.append(clip)
+        position += len(clip)
+    pieces.append(gap())
+    stream = np.concatenate(pieces).astype(np.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sf.write(wav, stream, sample_rate, subtype="FLOAT")
+    truth_path.write_text(json.dumps(truth))
+    return stream, truth
+
+
+def score(detections: list, truth: list[dict], seconds: float, min_overlap_s: float) -> dict:
+    """Detection rate over keyword clips and false alarms per hour."""
+    keywords = [g for g in truth if g["word"] in KEYWORDS]
+    matched: set[int] = set()
+    false_alarms = 0
+    for d in detections:
+        hit = None
+        for i, g in enumerate(truth):
+            overlap = min(d.end, g["end"]) - max(d.start, g["start"])
+            if g["word"] == d.keyword and overlap >= min_overlap_s and i not in matched:
+                hit = i
+                break
+        if hit is None:
+            false_alarms += 1
+        else:
+            matched.add(hit)
+    return {
+        "detection_rate": round(len(matched) / max(1, len(keywords)), 4),
+        "false_alarms": false_alarms,
+        "fa_per_hour": round(false_alarms / (seconds / 3600), 2),
+        "keywords": len(keywords),
+    }
+
+
+def sweep(track: object, names: list[str], truth: list[dict], seconds: float, args: object) -> list:
+    rows = []
+    for threshold in THRESHOLDS:
+        config = SpotConfig(
+            threshold=float(threshold),
+            smooth_s=args.smooth_s,
+            refractory_s=args.refractory_s,
+            mode=args.mode,
+            hop_s=args.hop_s,
+        )
+        result = score(detect(track, names, config), truth, seconds, args.min_overlap_s)
+        rows.append({"threshold": float(threshold), **result})
+    return rows
+
+
+def main() -> None:
+    import torch
+
+    from speechcnn.classify import load_classifier
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="checkpoint (.ckpt)")
+    parser.add_argument("--data-root", default="../shared/data/speech_commands_dev")
+    parser.add_argument("--out-dir", default="runs/spotting")
+    parser.add_argument("--mode", default="window", choices=["window", "stream"])
+    parser.add_argument("--smooth-s", type=float, default=SpotConfig.smooth_s)
+    parser.add_argument("--refractory-s", type=float, default=SpotConfig.refractory_s)
+    parser.add_argument("--hop-s", type=float, default=SpotConfig.hop_s)
+    parser.add_argument("--min-overlap-s", type=float, default=0.5)
+    parser.add_argument("--max-fa-per-hour", type=float, default=5.0)
+    parser.add_argument("--plot", help="write the detection/false-alarm curve to this PNG")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    root, out_dir = Path(args.data_root), Path(args.out_dir)
+    if not (root / NOISE_DIR).is_dir():
+        raise SystemExit(f"{root} is not a Speech Commands folder with {NOISE_DIR}/")
+    loaded = load_classifier(args.model)
+    results = {}
+    for split, list_name in [("val", "validation_list.txt"), ("test", "testing_list.txt")]:
+        stream, truth = build_stream(root, list_name, out_dir, args.seed + (split == "test"))
+        seconds = len(stream) / loaded.sample_rate
+        start = time.perf_counter()
+        config = SpotConfig(mode=args.mode, hop_s=args.hop_s)
+        track = posterior_track(loaded.model, stream, config)
+        elapsed = time.perf_counter() - start
+        rows = sweep(track, loaded.class_names, truth, seconds, args)
+        results[split] = {"seconds": seconds, "rows": rows, "track_seconds": elapsed}
+
+    # Threshold from validation: the most detections with false alarms within the budget.
+    ok = [r for r in results["val"]["rows"] if r["fa_per_hour"] <= args.max_fa_per_hour]
+    chosen = (
+        max(ok, key=lambda r: (r["detection_rate"], -r["threshold"]))["threshold"] if ok else 0.99
+    )
+    test_row = next(r for r in results["test"]["rows"] if r["threshold"] == chosen)
+    val_row = next(r for r in results["val"]["rows"] if r["threshold"] == chosen)
+    line = {
+        "model": args.model,
+        "mode": args.mode,
+        "smooth_s": args.smooth_s,
+        "refractory_s": args.refractory_s,
+        "hop_s": args.hop_s,
+        "threshold": chosen,
+        "test_detection_rate": test_row["detection_rate"],
+        "test_fa_per_hour": test_row["fa_per_hour"],
+        "test_false_alarms": test_row["false_alarms"],
+        "test_keywords": test_row["keywords"],
+        "test_stream_minutes": round(results["test"]["seconds"] / 60, 2),
+        "val_detection_rate": val_row["detection_rate"],
+        "val_fa_per_hour": val_row["fa_per_hour"],
+        "val_stream_minutes": round(results["val"]["seconds"] / 60, 2),
+        "test_rtf": round(results["test"]["track_seconds"] / results["test"]["seconds"], 4),
+    }
+    (out_dir / f"sweep_{args.mode}.json").write_text(json.dumps(results))
+    if args.plot:
+        plot(results, chosen, args, args.plot)
+    print(json.dumps(line))
+
+
+def plot(results: dict, chosen: float, args: object, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fa_axis = left.twinx()
+    for split, style in [("val", "--"), ("test", "-")]:
+        rows = results[split]["rows"]
+        th = [r["threshold"] for r in rows]
+        left.plot(th, [r["detection_rate"] for r in rows], style, label=f"{split} detection rate")
+        right.plot(
+            [r["fa_per_hour"] for r in rows],
+            [r["detection_rate"] for r in rows],
+            style + "o",
+            ms=3,
+            label=split,
+        )
+        fa_axis.plot(
+            th, [r["fa_per_hour"] for r in rows], style, color="tab:red", label=f"{split} FA/h"
+        )
+    fa_axis.set_ylabel("false alarms per hour", color="tab:red")
+    left.axvline(chosen, color="gray", lw=0.8)
+    left.set_xlabel("threshold")
+    left.set_ylabel("detection rate")
+    left.legend(loc="lower left", fontsize=8)
+    right.axvline(10, color="gray", lw=0.8, ls=":")
+    right.set_xlabel("false alarms per hour")
+    right.set_ylabel("detection rate")
+    right.set_title(f"{args.mode} mode; threshold {chosen} chosen on val")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""`speechcnn spot MODEL AUDIO`: keyword detections in a recording of any length.
+
+Two ways to get a posterior track from a model trained on 1 s clips:
+
+- "window" (default): the classifier on sliding windows of `window_s` (the training clip
+  length) every `hop_s`, each from a fresh LSTM state - exactly what the model saw in
+  training. The front end is frame-local, so frame embeddings are computed once for the whole
+  recording and shared by the overlapping windows; only the LSTM runs per window.
+- "stream": the exact streaming posteriors (`speechcnn.streaming`), one per 10 ms frame, with
+  the LSTM state carried over the whole recording (cheapest, but a state never reset is
+  further from the 1 s clips of training).
+
+Then: a causal moving average of the posteriors over `smooth_s`, a threshold on the
+smoothed keyword posterior, and a refractory period after each detection. A detection is the
+peak of a run of scores above the threshold: keyword, start and end time (for "window", the
+peak window's span; for "stream", the `window_s` that ends at the peak frame) and score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from speechcnn.model import SpeechClassifier
+from speechcnn.streaming import check_streamable, stream_posteriors
+
+MODES = ("window", "stream")
+NOT_KEYWORDS = ("_silence_", "_unknown_")
+
+
+@dataclass(frozen=True)
+class SpotConfig:
+    """Detection settings.
+
+    Args:
+        threshold: smoothed posterior a keyword must reach.
+        smooth_s: length of the causal moving average over the posterior track.
+        refractory_s: a run above the threshold that starts within this time after a
+            detection's peak is ignored (one word gives one detection).
+        mode: "window" or "stream" (see the module docstring).
+        window_s: window length in "window" mode (the training clip length).
+        hop_s: hop between windows in "window" mode.
+    """
+
+    threshold: float = 0.8
+    smooth_s: float = 0.2
+    refractory_s: float = 1.0
+    mode: str = "window"
+    window_s: float = 1.0
+    hop_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.smooth_s < 0 or self.refractory_s < 0:
+            raise ValueError(
+                f"smooth_s and refractory_s must be >= 0, got {self.smooth_s}, {self.refractory_s}"
+            )
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.window_s <= 0 or self.hop_s <= 0:
+            raise ValueError(
+                f"window_s and hop_s must be positive, got {self.window_s}, {self.hop_s}"
+            )
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected keyword; times in seconds from the start of the recording."""
+
+    keyword: str
+    start: float
+    end: float
+    score: float
+
+
+@dataclass
+class PosteriorTrack:
+    """Class posteriors over time.
+
+    Attributes:
+        posteriors: (N, K) posteriors, one row per step.
+        ends: (N,) end time in seconds of the audio each row has seen last.
+        spans: (N,) length in seconds of the audio each row describes.
+    """
+
+    posteriors: np.ndarray
+    ends: np.ndarray
+    spans: np.ndarray
+
+
+@torch.no_grad()
+def window_posteriors(
+    model: SpeechClassifier,
+    samples: Tensor | np.ndarray,
+    window_s: float = 1.0,
+    hop_s: float = 0.05,
+    block_windows: int = 256,
+) -> PosteriorTrack:
+    """Posteriors of sliding windows, each classified from a fresh LSTM state.
+
+    Equal to `model` on each window's samples alone (frames are local), computed in blocks of
+    `block_windows` windows so memory stays bounded for long recordings.
+    """
+    check_streamable(model)
+    feats = model.features
+    samples = torch.as_tensor(samples, dtype=torch.float32)
+    sr, hop, n_fft = feats.sample_rate, feats.hop_length, feats.n_fft
+    win_frames = max(1, int(feats.num_frames(round(window_s * sr))))
+    step = max(1, round(hop_s * sr / hop))  # frames between window starts
+    total = int(feats.num_frames(len(samples)))
+    if total == 0:
+        samples = torch.nn.functional.pad(samples, (0, n_fft - len(samples)))
+        total = 1
+    win_frames = min(win_frames, total)
+    starts = list(range(0, total - win_frames + 1, step))
+    if starts[-1] != total - win_frames:
+        starts.append(total - win_frames)  # the last window ends at the last frame
+    posts = []
+    for b in range(0, len(starts), block_windows):
+        block = starts[b : b + block_windows]
+        first, last = block[0], block[-1] + win_frames  # frames [first, last)
+        span = samples[first * hop : (last - 1) * hop + n_fft]
+        embedded = model.embed(span[None])[0]  # (T_block, D)
+        offsets = torch.tensor(block) - first
+        index = offsets[:, None] + torch.arange(win_frames)  # (W, T_win)
+        windows = embedded[index]  # (W, T_win, D)
+        _, (h_n, _) = model.head.lstm(windows)
+        posts.append(model.head.classifier(h_n[-1]).softmax(dim=-1))  # (W, K)
+    ends = (np.array(starts) + win_frames - 1) * hop + n_fft
+    return PosteriorTrack(
+        posteriors=torch.cat(posts).numpy(),
+        ends=ends / sr,
+        spans=np.full(len(starts), ((win_frames - 1) * hop + n_fft) / sr),
+    )
+
+
+def stream_track(
+    model: SpeechClassifier, samples: Tensor | np.ndarray, window_s: float = 1.0
+) -> PosteriorTrack:
+    """Exact streaming posteriors, one per frame, with the LSTM state carried throughout."""
+    feats = model.features
+    posts = stream_posteriors(model, samples).numpy()
+    frames = np.arange(len(posts))
+    return PosteriorTrack(
+        posteriors=posts,
+        ends=(frames * feats.hop_length + feats.n_fft) / feats.sample_rate,
+        spans=np.full(len(posts), window_s),
+    )
+
+
+def smooth(posteriors: np.ndarray, width: int) -> np.ndarray:
+    """Causal moving average over the last `width` rows of (N, K) posteriors."""
+    if width <= 1:
+        return posteriors
+    cumulative = np.cumsum(np.pad(posteriors, ((1, 0), (0, 0))), axis=0)  # (N+1, K)
+    n = np.arange(1, len(posteriors) + 1)
+    lo = np.maximum(0, n - width)
+    return (cumulative[n] - cumulative[lo]) / (n - lo)[:, None]
+
+
+def detect(track: PosteriorTrack, class_names: list[str], config: SpotConfig) -> list[Detection]:
+    """Threshold, peak-pick and refractory-filter a posterior track into detections."""
+    keyword_ids = [i for i, name in enumerate(class_names) if name not in NOT_KEYWORDS]
+    if not keyword_ids or len(track.ends) == 0:
+        return []
+    step_s = float(np.median(np.diff(track.ends))) if len(track.ends) > 1 else 1.0
+    scores = smooth(track.posteriors, max(1, round(config.smooth_s / step_s)))[:, keyword_ids]
+    best = scores.argmax(axis=1)  # (N,) index into keyword_ids
+    best_score = scores[np.arange(len(scores)), best]
+    detections: list[Detection] = []
+    blocked_until = -np.inf
+    i, n = 0, len(scores)
+    while i < n:
+        if best_score[i] < config.threshold:
+            i += 1
+            continue
+        keyword = best[i]
+        j = i  # the run of rows where this keyword stays above the threshold
+        while j + 1 < n and scores[j + 1, keyword] >= config.threshold:
+            j += 1
+        if track.ends[i] < blocked_until:
+            # A run that starts inside the refractory period is most likely the word just
+            # detected (or its echo in later windows): skip all of it, not only its head.
+            i = j + 1
+            continue
+        peak = i + int(np.argmax(scores[i : j + 1, keyword]))
+        end = float(track.ends[peak])
+        detections.append(
+            Detection(
+                keyword=class_names[keyword_ids[keyword]],
+                start=round(max(0.0, end - float(track.spans[peak])), 3),
+                end=round(end, 3),
+                score=round(float(scores[peak, keyword]), 4),
+            )
+        )
+        blocked_until = end + config.refractory_s
+        i = j + 1
+    return detections
+
+
+def posterior_track(
+    model: SpeechClassifier, samples: Tensor | np.ndarray, config: SpotConfig
+) -> PosteriorTrack:
+    """The posterior track of `config.mode` for a mono recording at the model's rate."""
+    if config.mode == "window":
+        return window_posteriors(model, samples, config.window_s, config.hop_s)
+    return stream_track(model, samples, config.window_s)
+
+
+def spot(
+    model: SpeechClassifier,
+    class_names: list[str],
+    samples: Tensor | np.ndarray,
+    config: SpotConfig = SpotConfig(),  # noqa: B008 (frozen dataclass)
+) -> list[Detection]:
+    """Keyword detections in a mono recording at the model's sample rate."""
+    return detect(posterior_track(model, samples, config), class_names, config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`speechcnn spot MODEL AUDIO [--threshold T] [--smooth-s S] [--refractory-s R] ...`."""
+    from speechcnn.classify import load_classifier
+    from speechcnn.data.audio import read_audio
+
+    defaults = SpotConfig()
+    parser = argparse.ArgumentParser(
+        prog="speechcnn spot",
+        description="Detect keywords in a recording of any length; one JSON line per "
+        "detection: keyword, start and end time (s), score.",
+    )
+    parser.add_argument("model", help="a trained checkpoint (.ckpt)")
+    parser.add_argument("audio", help="a recording (any format, rate, channel count)")
+    parser.add_argument("--threshold", type=float, default=defaults.threshold)
+    parser.add_argument("--smooth-s", type=float, default=defaults.smooth_s)
+    parser.add_argument("--refractory-s", type=float, default=defaults.refractory_s)
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode)
+    parser.add_argument("--window-s", type=float, default=defaults.window_s)
+    parser.add_argument("--hop-s", type=float, default=defaults.hop_s)
+    args = parser.parse_args(argv)
+    try:
+        config = SpotConfig(
+            threshold=args.threshold,
+            smooth_s=args.smooth_s,
+            refractory_s=args.refractory_s,
+            mode=args.mode,
+            window_s=args.window_s,
+            hop_s=args.hop_s,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    loaded = load_classifier(args.model)
+    samples = read_audio(args.audio, loaded.sample_rate)
+    for detection in spot(loaded.model, loaded.class_names, samples, config):
+        print(json.dumps(asdict(detection)))
+    sys.stdout.flush()
+
+
+def cli(argv: list[str]) -> None:
+    """Entry for `speechcnn spot`."""
+    main(argv)
+
+
+__all__ = [
+    "Detection",
+    "PosteriorTrack",
+    "SpotConfig",
+    "detect",
+    "posterior_track",
+    "smooth",
+    "spot",
+    "stream_track",
+    "window_posteriors",
+]

@@ -1,0 +1,130 @@
+"""Spotting: posterior tracks equal the model on each window, smoothing, threshold, refractory
+period, and the `speechcnn spot` command's JSON lines."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from test_classify import CLASSES, make_checkpoint
+from test_streaming import recording, tiny_model
+
+from speechcnn.spotting import (
+    PosteriorTrack,
+    SpotConfig,
+    detect,
+    main,
+    smooth,
+    spot,
+    stream_track,
+    window_posteriors,
+)
+from speechcnn.streaming import offline_posteriors
+
+NAMES = ["_silence_", "_unknown_", "yes", "no"]
+
+
+def test_window_posteriors_equal_the_model_on_each_window_alone():
+    model = tiny_model()
+    wave = recording(1.3, seed=1)
+    track = window_posteriors(model, wave, window_s=0.5, hop_s=0.07, block_windows=3)
+    hop, n_fft = model.features.hop_length, model.features.n_fft
+    win = model.features.num_frames(8000)
+    assert track.ends[-1] == pytest.approx(len(wave) // hop * hop / 16000, abs=0.011)
+    for row, end in zip(track.posteriors, track.ends, strict=True):
+        stop = round(end * 16000)
+        start = stop - ((win - 1) * hop + n_fft)
+        with torch.no_grad():
+            alone = model(wave[start:stop][None]).softmax(-1)[0].numpy()
+        assert np.abs(row - alone).max() <= 1e-5
+    assert np.allclose(track.spans, ((win - 1) * hop + n_fft) / 16000)
+
+
+def test_stream_track_is_the_streaming_posteriors():
+    model = tiny_model()
+    wave = recording(0.8, seed=2)
+    track = stream_track(model, wave)
+    assert np.abs(track.posteriors - offline_posteriors(model, wave[None])[0].numpy()).max() < 1e-5
+    assert track.ends[0] == pytest.approx(0.025) and track.ends[1] == pytest.approx(0.035)
+
+
+def test_short_recording_gives_one_window():
+    track = window_posteriors(tiny_model(), torch.zeros(100), window_s=1.0)
+    assert track.posteriors.shape == (1, 5)
+
+
+def test_smooth_is_a_causal_moving_average():
+    x = np.arange(10, dtype=float)[:, None].repeat(2, axis=1)
+    y = smooth(x, 3)
+    assert np.allclose(y[:, 0], [0, 0.5, 1, 2, 3, 4, 5, 6, 7, 8])
+    assert smooth(x, 1) is x
+
+
+def synthetic_track(events, n=400, step=0.01):
+    """Posteriors that are silence except for (keyword index, first row, last row, level)."""
+    posts = np.zeros((n, len(NAMES)))
+    posts[:, 0] = 1.0
+    for k, first, last, level in events:
+        posts[first : last + 1] = (1 - level) / (len(NAMES) - 1)
+        posts[first : last + 1, k] = level
+    ends = np.arange(n) * step + 0.025
+    return PosteriorTrack(posts, ends, np.full(n, 1.0))
+
+
+def test_detect_threshold_peak_and_refractory():
+    track = synthetic_track([(2, 50, 60, 0.95), (3, 100, 110, 0.9), (3, 250, 260, 0.6)])
+    config = SpotConfig(threshold=0.8, smooth_s=0.0, refractory_s=0.3)
+    found = detect(track, NAMES, config)
+    assert [d.keyword for d in found] == ["yes", "no"]
+    assert found[0].end == pytest.approx(0.525) and found[0].start == pytest.approx(0.0)
+    assert found[0].score == pytest.approx(0.95)
+    # A longer refractory period swallows the second keyword 0.5 s after the first.
+    assert len(detect(track, NAMES, SpotConfig(threshold=0.8, smooth_s=0, refractory_s=0.6))) == 1
+    # A lower threshold finds the weak third one.
+    assert len(detect(track, NAMES, SpotConfig(threshold=0.5, smooth_s=0, refractory_s=0.3))) == 3
+
+
+def test_smoothing_suppresses_a_short_spike_and_silence_never_fires():
+    track = synthetic_track([(2, 50, 51, 0.99), (1, 200, 260, 0.99)])  # 2-frame spike; unknown
+    assert detect(track, NAMES, SpotConfig(threshold=0.8, smooth_s=0.0)) != []
+    assert detect(track, NAMES, SpotConfig(threshold=0.8, smooth_s=0.1)) == []
+    track = synthetic_track([(1, 200, 260, 0.99)])
+    assert detect(track, NAMES, SpotConfig(threshold=0.5, smooth_s=0.0)) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"threshold": 0.0},
+        {"threshold": 1.5},
+        {"smooth_s": -1},
+        {"refractory_s": -0.1},
+        {"mode": "batch"},
+        {"hop_s": 0},
+    ],
+)
+def test_bad_config_is_refused(bad):
+    with pytest.raises(ValueError, match=str(next(iter(bad.values())))):
+        SpotConfig(**bad)
+
+
+def test_spot_modes_and_command(tmp_path, capsys):
+    model = tiny_model()
+    wave = recording(2.0, seed=3)
+    names = ["_silence_", "_unknown_", "a", "b", "c"]
+    for mode in ("window", "stream"):
+        found = spot(model, names, wave, SpotConfig(threshold=0.01, mode=mode))
+        assert found and all(d.keyword in names[2:] for d in found)
+        assert all(0 <= d.start < d.end <= 2.0 + 1e-6 for d in found)
+        gaps = np.diff([d.end for d in found])
+        assert (gaps >= 1.0 - 1e-6).all()  # the default 1 s refractory period
+    ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
+    path = tmp_path / "long.flac"
+    sf.write(path, np.tile(recording(1.0, seed=4).numpy(), 3), 16000)
+    main([str(ckpt), str(path), "--threshold", "0.01", "--refractory-s", "0.5"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines, "a threshold of 0.01 always fires"
+    for line in lines:
+        assert set(line) == {"keyword", "start", "end", "score"}
+        assert line["keyword"] in CLASSES[2:]
