@@ -190,3 +190,53 @@ def test_an_existing_verified_archive_is_reused(server, tmp_path):
     (tmp_path / "sc.tar.gz").write_bytes(GOOD)
     download_file(f"{server.url}/data/sc.tar.gz", tmp_path / "sc.tar.gz", sha(GOOD))
     assert server.requests == []
+
+
+def tar_folder(folder) -> bytes:
+    """A .tar.gz of a folder's contents with './' names, as the Speech Commands archives are."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            tar.add(path, arcname=f"./{path.relative_to(folder).as_posix()}", recursive=False)
+    return buffer.getvalue()
+
+
+def test_data_module_downloads_a_missing_root(server, tmp_path, monkeypatch):
+    from fakes import make_official_test_set, make_speech_commands
+
+    from speechcnn.data import download
+    from speechcnn.data.speech_commands import SpeechCommandsDataModule
+
+    monkeypatch.setenv("SPEECHCNN_CACHE_DIR", str(tmp_path / "cache"))
+    train = tar_folder(make_speech_commands(tmp_path / "src" / "sc", clips_per_word=4))
+    test = tar_folder(make_official_test_set(tmp_path / "src" / "test", clips_per_class=1))
+    server.files.update({"/m/sc.tar.gz": train, "/m/test.tar.gz": test})
+    monkeypatch.setattr(download, "SPEECH_COMMANDS_SHA256", sha(train))
+    monkeypatch.setattr(download, "TEST_SET_SHA256", sha(test))
+    root, test_root = tmp_path / "data" / "sc", tmp_path / "data" / "sc_test"
+    data = SpeechCommandsDataModule(
+        root=str(root),
+        test_root=str(test_root),
+        download=True,
+        url=f"{server.url}/m/sc.tar.gz",
+        test_url=f"{server.url}/m/test.tar.gz",
+        cache=False,
+    )
+    data.prepare_data()
+    assert (root / "validation_list.txt").is_file() and (test_root / "_silence_").is_dir()
+    assert sorted(p.name for p in root.parent.iterdir()) == ["sc", "sc_test"]  # no leftovers
+    data.setup("test")
+    assert len(data.clips["test"]) == 12
+    server.requests.clear()
+    data.prepare_data()  # valid folders: nothing fetched again
+    assert server.requests == []
+
+
+def test_download_refuses_to_overwrite_a_foreign_folder(server, tmp_path):
+    from speechcnn.data.download import ensure_speech_commands
+
+    (tmp_path / "sc").mkdir()
+    (tmp_path / "sc" / "thesis.tex").write_text("precious")
+    with pytest.raises(DownloadError, match="not usable"):
+        ensure_speech_commands(tmp_path / "sc", f"{server.url}/data/sc.tar.gz")
+    assert server.requests == []

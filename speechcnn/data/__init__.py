@@ -1,6 +1,16 @@
 """Data sets as LightningDataModules, and the audio reading they share."""
 
 from speechcnn.data.audio import AudioError, read_audio
+from speechcnn.data.folder import FolderDataError, LabelledAudioDataModule
+from speechcnn.data.fsdd import FSDDDataModule
 from speechcnn.data.speech_commands import DataError, SpeechCommandsDataModule
 
-__all__ = ["AudioError", "DataError", "SpeechCommandsDataModule", "read_audio"]
+__all__ = [
+    "AudioError",
+    "DataError",
+    "FSDDDataModule",
+    "FolderDataError",
+    "LabelledAudioDataModule",
+    "SpeechCommandsDataModule",
+    "read_audio",
+]

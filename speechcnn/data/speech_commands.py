@@ -20,6 +20,7 @@ from speechcnn.data.clips import (
     make_loader,
     to_float,
 )
+from speechcnn.data.download import SPEECH_COMMANDS_URL, TEST_SET_URL
 from speechcnn.data.store import cached_clips, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,13 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
             writable, else `~/.cache/speechcnn/...`).
         resident: keep each split on the training device and select batches there (True),
             use the per-item DataLoader (False), or choose by free device memory (None).
+        download: fetch and extract the data set into `root` (and the official test set into
+            `test_root`) when that folder is missing; a valid folder is used as it is.
+        url: where speech_commands_v0.02.tar.gz is fetched from (a mirror works: the file is
+            checked against the published sha256).
+        test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
+        check: run the data check (cached; see `speechcnn check-data`) before decoding, and
+            leave out the files it finds unusable.
     """
 
     def __init__(
@@ -193,6 +201,10 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         cache: bool = True,
         cache_dir: str | None = None,
         resident: bool | None = None,
+        download: bool = False,
+        url: str = SPEECH_COMMANDS_URL,
+        test_url: str = TEST_SET_URL,
+        check: bool = True,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -212,6 +224,11 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         self.cache = cache
         self.cache_dir = cache_dir
         self.resident = resident
+        self.download = download
+        self.url = url
+        self.test_url = test_url
+        self.check = check
+        self.check_report = None
         self.class_names = class_names(task)
         self.num_classes = len(self.class_names)
         self.augment = BatchAugment(
@@ -301,7 +318,35 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         self.clips[split] = clips
         return clips
 
+    def prepare_data(self) -> None:
+        """With `download`, fetch and extract whatever of root / test_root is missing."""
+        if self.download:
+            from speechcnn.data.download import ensure_speech_commands
+
+            ensure_speech_commands(self.root, self.url, self.test_root, self.test_url)
+
+    def run_check(self) -> None:
+        """Check every clip once (cached), log the summary, leave unusable clips out."""
+        from speechcnn.data.check import check_speech_commands
+
+        self.check_report = check_speech_commands(
+            self.root,
+            self.sample_rate,
+            self.num_samples / self.sample_rate,
+            cache_dir=self.cache_dir,
+        )
+        self.check_report.log_summary()
+        bad = self.check_report.unusable_paths()
+        if self._index is None:
+            self._index = index_speech_commands(self.root)
+        self._index = {
+            split: [(rel, w) for rel, w in rows if str(self.root / rel) not in bad]
+            for split, rows in self._index.items()
+        }
+
     def setup(self, stage: str | None = None) -> None:
+        if self.check and self.check_report is None:
+            self.run_check()
         if stage in (None, "fit"):
             self._load("train")
             self._load("val")

@@ -1,0 +1,438 @@
+"""Data check: find every bad audio file and split-list problem before training.
+
+Each file is decoded once and its facts (sample rate, channels, frames, header frames, empty,
+all-zero, non-finite, or the decoding error) are cached by path, size and modification time,
+so a rerun only looks at files that changed. Problems are derived from the facts:
+
+- unusable, skipped by training: unreadable, truncated (a WAV whose data chunk is cut short),
+  empty, all-zero (silent) and NaN/infinite samples;
+- fixed on load and counted: another sample rate (resampled), several channels (averaged),
+  much longer than expected (trimmed);
+- split lists: files listed but missing (ignored), files in both lists (kept in the first).
+
+`speechcnn check-data ROOT` prints a summary table and writes a JSON report; the data modules
+run the same check (cached) before decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import struct
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+UNUSABLE = ("unreadable", "truncated", "empty", "silent", "non_finite")
+FIXABLE = ("sample_rate", "channels", "too_long")
+LIST_PROBLEMS = ("missing_listed", "split_overlap")
+ACTIONS = {
+    "unreadable": "skipped",
+    "truncated": "skipped",
+    "empty": "skipped",
+    "silent": "skipped",
+    "non_finite": "skipped",
+    "sample_rate": "resampled on load",
+    "channels": "downmixed on load",
+    "too_long": "trimmed on load",
+    "missing_listed": "ignored",
+    "split_overlap": "kept in the first list only",
+}
+
+
+def default_cache_dir() -> Path:
+    """$SPEECHCNN_CACHE_DIR, else $XDG_CACHE_HOME/speechcnn, else ~/.cache/speechcnn."""
+    if env := os.environ.get("SPEECHCNN_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "speechcnn"
+
+
+def wav_declared_frames(path: Path) -> int | None:
+    """Frames the RIFF/WAVE header's data chunk declares (None: not a plain WAV header)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while chunk := f.read(8):
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"fmt ":
+                fmt = f.read(size + (size & 1))
+                if len(fmt) >= 14:
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+            elif name == b"data":
+                # 0 and 0xFFFFFFFF mark a header written by a stream that never finalised it
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + (size & 1), os.SEEK_CUR)
+    return None
+
+
+def file_facts(path: str | Path) -> dict:
+    """What the check needs to know about one file, read once (the cached part)."""
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+        samples, _ = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        return {"error": str(error)}
+    declared = wav_declared_frames(path) if path.suffix.lower() == ".wav" else None
+    finite = bool(np.isfinite(samples).all())
+    return {
+        "rate": int(info.samplerate),
+        "channels": int(info.channels),
+        "frames": int(samples.shape[0]),
+        "declared_frames": declared,
+        "non_finite": not finite,
+        "silent": bool(finite and samples.size > 0 and not np.any(samples)),
+    }
+
+
+def problems_of(facts: dict, sample_rate: int, long_seconds: float | None) -> list[str]:
+    """Problem kinds of a file's facts, unusable ones first."""
+    if "error" in facts:
+        return ["unreadable"]
+    found = []
+    if facts["declared_frames"] is not None and facts["frames"] < facts["declared_frames"]:
+        found.append("truncated")
+    if facts["frames"] == 0:
+        found.append("empty")
+    elif facts["non_finite"]:
+        found.append("non_finite")
+    elif facts["silent"]:
+        found.append("silent")
+    if facts["rate"] != sample_rate:
+        found.append("sample_rate")
+    if facts["channels"] > 1:
+        found.append("channels")
+    if long_seconds is not None and facts["frames"] > long_seconds * facts["rate"]:
+        found.append("too_long")
+    return found
+
+
+def describe(kind: str, facts: dict, sample_rate: int, long_seconds: float | None) -> str:
+    """A human sentence for one problem of one file."""
+    if kind == "unreadable":
+        return f"cannot be decoded ({facts['error']})"
+    if kind == "truncated":
+        declared, held = facts["declared_frames"], facts["frames"]
+        return f"truncated: header declares {declared} frames, file holds {held}"
+    if kind == "sample_rate":
+        return f"sample rate {facts['rate']} Hz, expected {sample_rate} Hz"
+    if kind == "channels":
+        return f"{facts['channels']} channels, expected mono"
+    if kind == "too_long":
+        return f"{facts['frames'] / facts['rate']:.2f} s long, expected at most {long_seconds:g} s"
+    return {
+        "empty": "holds no samples",
+        "silent": "all samples are zero",
+        "non_finite": "holds NaN or infinite samples",
+    }[kind]
+
+
+@dataclass
+class CheckReport:
+    """Result of a data check; `files` maps each problem file to its problems."""
+
+    root: str
+    sample_rate: int
+    long_seconds: float | None
+    checked: int = 0
+    files: dict[str, dict] = field(default_factory=dict)  # path -> {label, split, problems}
+    missing_listed: list[str] = field(default_factory=list)
+    split_overlap: list[str] = field(default_factory=list)
+    cache_file: str | None = None
+
+    def counts(self) -> Counter:
+        """Files per problem kind."""
+        counts: Counter = Counter()
+        for entry in self.files.values():
+            counts.update(entry["problems"])
+        counts["missing_listed"] = len(self.missing_listed)
+        counts["split_overlap"] = len(self.split_overlap)
+        return counts
+
+    def unusable_paths(self) -> set[str]:
+        """Paths of the files training leaves out."""
+        return {
+            path
+            for path, entry in self.files.items()
+            if any(kind in UNUSABLE for kind in entry["problems"])
+        }
+
+    def unusable_in(self, paths: Sequence[str]) -> list[str]:
+        """'path: reason' of the unusable files among `paths`, as ClipSet.skipped holds them."""
+        bad = self.unusable_paths()
+        return [f"{p}: {'; '.join(self.files[p]['details'])}" for p in paths if p in bad]
+
+    @property
+    def ok(self) -> bool:
+        """No unusable file and no split-list problem (fixable problems are fine)."""
+        return not self.unusable_paths() and not self.missing_listed and not self.split_overlap
+
+    def table(self, max_names: int = 20) -> str:
+        """Summary table: files per problem and what training does, then the skipped files."""
+        counts = self.counts()
+        lines = [
+            f"data check of {self.root}: {self.checked} files, expected {self.sample_rate} Hz mono"
+            + (f", at most {self.long_seconds:g} s" if self.long_seconds else ""),
+            f"{'problem':<16}{'files':>7}  action",
+        ]
+        for kind in UNUSABLE + FIXABLE + LIST_PROBLEMS:
+            lines.append(f"{kind:<16}{counts[kind]:>7}  {ACTIONS[kind]}")
+        skipped = sorted(self.unusable_paths())
+        if skipped:
+            lines.append(f"skipped files ({len(skipped)}):")
+            lines += [f"  {p}: {'; '.join(self.files[p]['details'])}" for p in skipped[:max_names]]
+            if len(skipped) > max_names:
+                lines.append(f"  ... and {len(skipped) - max_names} more (see the JSON report)")
+        for name, paths in (("listed but missing", self.missing_listed),
+                            ("in both split lists", self.split_overlap)):  # fmt: skip
+            if paths:
+                shown = ", ".join(paths[:max_names]) + (" ..." if len(paths) > max_names else "")
+                lines.append(f"{name} ({len(paths)}): {shown}")
+        lines.append("OK" if self.ok else "problems found: unusable files are skipped in training")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """The report as JSON-ready data."""
+        return {
+            "root": self.root,
+            "sample_rate": self.sample_rate,
+            "long_seconds": self.long_seconds,
+            "checked": self.checked,
+            "ok": self.ok,
+            "counts": dict(self.counts()),
+            "skipped": sorted(self.unusable_paths()),
+            "files": self.files,
+            "missing_listed": self.missing_listed,
+            "split_overlap": self.split_overlap,
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        """Write the JSON report (atomically) and return its path."""
+        path = Path(path)
+        _atomic_write(path, json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    def log_summary(self) -> None:
+        """One log line when all is well, the whole table otherwise."""
+        counts = self.counts()
+        if not sum(counts.values()):
+            log.info("data check of %s: %d files, no problems", self.root, self.checked)
+        elif self.ok:
+            fixed = ", ".join(f"{counts[k]} {k}" for k in FIXABLE if counts[k])
+            log.info(
+                "data check of %s: %d files; fixed on load: %s", self.root, self.checked, fixed
+            )
+        else:
+            log.warning("%s", self.table())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _cache_path(root: str | Path, cache_dir: str | Path | None) -> Path:
+    digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / "check" / f"{Path(root).name}-{digest}.json"
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get("files", {}) if data.get("version") == CACHE_VERSION else {}
+
+
+def check_items(
+    items: Sequence[tuple[str | Path, str, str]],
+    root: str | Path,
+    sample_rate: int,
+    long_seconds: float | None = None,
+    max_samples: int | None = None,
+    missing_listed: Sequence[str] = (),
+    split_overlap: Sequence[str] = (),
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> CheckReport:
+    """Check (path, label, split) items; facts of unchanged files come from the cache.
+
+    Args:
+        items: the files a data module would decode.
+        root: the data folder (names the report and the cache file).
+        sample_rate: the rate training expects.
+        long_seconds: files longer than this are flagged (and trimmed on load).
+        max_samples: the same limit in samples at `sample_rate` (used when long_seconds is None).
+        missing_listed: split-list entries with no file, found by the caller.
+        split_overlap: files in several split lists, found by the caller.
+        cache: read and update the facts cache (a cache folder that cannot be written is
+            reported in the log and skipped).
+        cache_dir: where the cache lives (default: `default_cache_dir()`).
+    """
+    if long_seconds is None and max_samples is not None:
+        long_seconds = max_samples / sample_rate
+    cache_file = _cache_path(root, cache_dir)
+    cached = _load_cache(cache_file) if cache else {}
+    fresh: dict[str, dict] = {}
+    report = CheckReport(str(root), sample_rate, long_seconds, cache_file=str(cache_file))
+    for path, label, split in items:
+        path = Path(path)
+        key = str(path)
+        try:
+            stat = path.stat()
+        except OSError:
+            facts = {"error": "file does not exist"}
+        else:
+            stamp = [stat.st_size, stat.st_mtime_ns]
+            entry = cached.get(key)
+            facts = entry["facts"] if entry and entry.get("stamp") == stamp else file_facts(path)
+            fresh[key] = {"stamp": stamp, "facts": facts}
+        report.checked += 1
+        found = problems_of(facts, sample_rate, long_seconds)
+        if found:
+            report.files[key] = {
+                "label": label,
+                "split": split,
+                "problems": found,
+                "details": [describe(k, facts, sample_rate, long_seconds) for k in found],
+            }
+    report.missing_listed = sorted(missing_listed)
+    report.split_overlap = sorted(split_overlap)
+    if cache and fresh != cached:
+        try:
+            _atomic_write(cache_file, json.dumps({"version": CACHE_VERSION, "files": fresh}))
+        except OSError as error:  # a read-only home or cache: the check still works, uncached
+            log.warning("cannot write the data-check cache %s (%s)", cache_file, error)
+    return report
+
+
+def check_speech_commands(
+    root: str | Path,
+    sample_rate: int = 16000,
+    clip_seconds: float = 1.0,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> CheckReport:
+    """Check a Speech Commands v0.02 folder: every word clip and both split lists.
+
+    Clips longer than 1.5 x clip_seconds are flagged as much longer than expected.
+    """
+    from speechcnn.data.speech_commands import index_speech_commands
+
+    root = Path(root)
+    splits = index_speech_commands(root)  # raises DataError naming what the layout lacks
+    lists = {}
+    for name in ("validation_list.txt", "testing_list.txt"):
+        text = (root / name).read_text()
+        lists[name] = {line.strip() for line in text.splitlines() if line.strip()}
+    present = {rel for split in splits.values() for rel, _ in split}
+    listed = lists["validation_list.txt"] | lists["testing_list.txt"]
+    items = [(root / rel, word, split) for split, rows in splits.items() for rel, word in rows]
+    return check_items(
+        items,
+        root,
+        sample_rate,
+        long_seconds=1.5 * clip_seconds,
+        missing_listed=sorted(listed - present),
+        split_overlap=sorted(lists["validation_list.txt"] & lists["testing_list.txt"]),
+        cache=cache,
+        cache_dir=cache_dir,
+    )
+
+
+def detect_layout(root: Path) -> str:
+    """speech_commands (split lists), fsdd (flat digit_speaker_take files) or folder."""
+    if (root / "validation_list.txt").is_file() or (root / "testing_list.txt").is_file():
+        return "speech_commands"
+    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
+        return "folder"
+    return "fsdd"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`speechcnn check-data ROOT`: print the summary table, write the JSON report.
+
+    Exits with status 1 when files are unusable or the split lists have problems.
+    """
+    parser = argparse.ArgumentParser(
+        prog="speechcnn check-data", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("root", help="data folder (or the base folder of --manifest paths)")
+    parser.add_argument(
+        "--layout", choices=("auto", "speech_commands", "folder", "fsdd"), default="auto"
+    )
+    parser.add_argument("--manifest", help="CSV manifest (path,label[,split]) for a folder")
+    parser.add_argument("--sample-rate", type=int, help="expected rate (default: by layout)")
+    parser.add_argument("--max-seconds", type=float, help="flag clips longer than this")
+    parser.add_argument("--report", default="check_data_report.json", help="JSON report path")
+    parser.add_argument("--no-cache", action="store_true", help="re-read every file")
+    parser.add_argument("--cache-dir", help=f"cache folder (default {default_cache_dir()})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    root = Path(args.root)
+    layout = "folder" if args.manifest else args.layout
+    if layout == "auto":
+        layout = detect_layout(root)
+    from speechcnn.data.folder import FolderDataError, LabelledAudioDataModule
+    from speechcnn.data.fsdd import FSDDDataModule
+    from speechcnn.data.speech_commands import DataError
+
+    try:
+        if layout == "speech_commands":
+            report = check_speech_commands(
+                root,
+                args.sample_rate or 16000,
+                clip_seconds=(args.max_seconds or 1.5) / 1.5,
+                cache=not args.no_cache,
+                cache_dir=args.cache_dir,
+            )
+        else:
+            kwargs = {"root": str(root), "check": False, "max_seconds": args.max_seconds}
+            if layout == "fsdd":
+                module = FSDDDataModule(sample_rate=args.sample_rate or 8000, **kwargs)
+            else:
+                module = LabelledAudioDataModule(
+                    manifest=args.manifest, sample_rate=args.sample_rate or 16000, **kwargs
+                )
+            items = [(i.path, i.label, module.split_of(i)) for i in module.items]
+            report = check_items(
+                items,
+                root,
+                module.sample_rate,
+                max_samples=module.max_samples,
+                cache=not args.no_cache,
+                cache_dir=args.cache_dir,
+            )
+    except (DataError, FolderDataError) as error:
+        sys.exit(f"check-data: {error}")
+    print(report.table())
+    print(f"JSON report: {report.write_json(args.report)}")
+    if not report.ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Free Spoken Digit Dataset: 8 kHz recordings named `{digit}_{speaker}_{take}.wav`.
+
+Labels come from the file names. Two splits:
+
+- "takes", the data set's own: takes 0-4 are the test set, 5-49 training; takes
+  5 .. 5 + val_takes - 1 are held out of training for validation (checkpoint selection).
+- "speakers": every recording of `test_speakers` is the test set (speakers never heard in
+  training); the other speakers' takes 0-4 are validation, the rest training.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from speechcnn.data.folder import FolderDataError, Item, LabelledAudioDataModule
+
+log = logging.getLogger(__name__)
+
+FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
+FSDD_SPLITS = ("takes", "speakers")
+DIGITS = [str(d) for d in range(10)]
+TEST_TAKES = 5  # the data set's convention: takes 0-4 are the test set
+
+
+def parse_fsdd_name(name: str) -> tuple[str, str, int] | None:
+    """(digit, speaker, take) of an FSDD file name, or None if it is not one."""
+    match = FSDD_NAME.match(name)
+    return None if match is None else (match[1], match[2], int(match[3]))
+
+
+class FSDDDataModule(LabelledAudioDataModule):
+    """The Free Spoken Digit Dataset as a 10-class task (class names "0" .. "9").
+
+    Args:
+        root: the `recordings/` folder of the data set.
+        split: "takes" (the data set's own split) or "speakers" (held-out speakers).
+        val_takes: with split="takes", how many takes after the test takes are validation.
+        test_speakers: with split="speakers", the speakers of the test set.
+        sample_rate: sample rate the model sees (the recordings are 8 kHz).
+        **kwargs: the other `LabelledAudioDataModule` arguments (batch_size, max_seconds,
+            time_shift_ms, ...).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/fsdd/recordings",
+        split: str = "takes",
+        val_takes: int = 5,
+        test_speakers: list[str] | None = None,
+        sample_rate: int = 8000,
+        max_seconds: float | None = None,
+        min_seconds: float = 0.1,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        time_shift_ms: float = 0.0,
+        check: bool = True,
+    ) -> None:
+        if split not in FSDD_SPLITS:
+            raise ValueError(f"split must be one of {FSDD_SPLITS}, got {split!r}")
+        if not 0 < val_takes < 45:
+            raise ValueError(f"val_takes must be in 1..44, got {val_takes}")
+        self.split = split
+        self.val_takes = val_takes
+        self.test_speakers = list(test_speakers) if test_speakers is not None else ["george"]
+        super().__init__(
+            root=root,
+            classes=DIGITS,
+            sample_rate=sample_rate,
+            max_seconds=max_seconds,
+            min_seconds=min_seconds,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            time_shift_ms=time_shift_ms,
+            check=check,
+        )
+        if split == "speakers":
+            speakers = {parse_fsdd_name(i.path.name)[1] for i in self.items}
+            if unknown := sorted(set(self.test_speakers) - speakers):
+                raise ValueError(
+                    f"test_speakers {unknown} have no recordings in {root}; speakers: "
+                    f"{sorted(speakers)}"
+                )
+
+    def index(self) -> list[Item]:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise FolderDataError(
+                f"FSDD folder {root} does not exist: clone "
+                "https://github.com/Jakobovski/free-spoken-digit-dataset and point --data.root "
+                "at its recordings/ folder"
+            )
+        items, strangers = [], []
+        for path in sorted(root.glob("*.wav")):
+            parsed = parse_fsdd_name(path.name)
+            if parsed is None:
+                strangers.append(path.name)
+                continue
+            digit, speaker, take = parsed
+            items.append(Item(path, digit, self._split(speaker, take)))
+        if strangers:
+            log.warning(
+                "%d files in %s are not named {digit}_{speaker}_{take}.wav and are left out, "
+                "e.g. %s",
+                len(strangers),
+                root,
+                strangers[:3],
+            )
+        if not items:
+            raise FolderDataError(f"{root} holds no {{digit}}_{{speaker}}_{{take}}.wav files")
+        return items
+
+    def _split(self, speaker: str, take: int) -> str:
+        if self.split == "speakers":
+            if speaker in self.test_speakers:
+                return "test"
+            return "val" if take < TEST_TAKES else "train"
+        if take < TEST_TAKES:
+            return "test"
+        return "val" if take < TEST_TAKES + self.val_takes else "train"
