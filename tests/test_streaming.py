@@ -85,6 +85,26 @@ def test_random_chunkings_equal_offline(seed, max_chunk):
     assert (posts - ref_posts).abs().max() <= TOL
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"n_mfcc": 8},
+        {"input_norm": False, "activation": "elu"},
+        {"cnn_strides": (2, 1), "cnn_pools": (1, 2), "activation": "gelu"},
+        {"lstm_layers": 1},
+    ],
+)
+def test_other_configurations_stream_exactly(overrides):
+    model = tiny_model(seed=4, **overrides)
+    wave = recording(0.4, seed=6)
+    rng = np.random.default_rng(7)
+    feats, posts, _ = run_chunked(model, wave, random_chunks(len(wave), rng, 900))
+    with torch.no_grad():
+        ref_feats = model.features(wave[None])[0]
+    assert (feats - ref_feats).abs().max() <= TOL
+    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
+
+
 def test_one_sample_chunks_and_final_frame_equals_offline_logits():
     model = tiny_model(seed=1)
     wave = recording(0.12, seed=3)
@@ -152,3 +172,22 @@ def test_bad_arguments():
         Streamer(tiny_model(), max_frames_per_step=0)
     with pytest.raises(ValueError, match="-1"):
         stream_posteriors(tiny_model(), torch.zeros(100), chunk_samples=-1)
+
+
+def test_step_lstm_serves_short_chunks_and_int8_models_stream():
+    from speechcnn.export import quantize_int8
+    from speechcnn.streaming import StepLSTM
+
+    model = tiny_model(seed=5)
+    assert isinstance(Streamer(model)._lstm, StepLSTM)
+    quantized = quantize_int8(model)
+    streamer = Streamer(quantized)
+    assert not isinstance(streamer._lstm, StepLSTM)
+    wave = recording(0.5, seed=8)
+    posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
+    # int8 activations are quantized per call, so chunked int8 is close to, not equal to,
+    # offline int8; the float model is the exact one.
+    with torch.no_grad():
+        outputs, _ = quantized.head.lstm(quantized.embed(wave[None]))
+        offline = quantized.head.classifier(outputs[0]).softmax(-1)
+    assert (posts - offline).abs().max() < 0.05
