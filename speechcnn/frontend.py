@@ -11,7 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
+
+# How `FrequencyCNN.forward` lays out its (k, 1) convolutions, per device type. All layouts
+# run the same modules with the same parameters and compute the same function (up to float
+# rounding); they differ only in the memory layout the convolution kernels see:
+#   "nchw":   (B, C, F, T), PyTorch's default layout.
+#   "nhwc":   (B, C, F, T) in channels_last memory (channels innermost) from the first
+#             convolution's output on, so batch norm, activation and pooling run on it too.
+#   "frames": every frame an image of its own, (B, C, F, T) -> (B*T, C, F, 1) in
+#             channels_last memory: a (k, 1) convolution is then a 1-D convolution over
+#             frequency with channels innermost, and batch norm statistics are unchanged
+#             (the same B*F*T values per channel).
+# Chosen by benchmarks/train_throughput.py --cnn-layouts (see the README for the figures).
+CONV_LAYOUTS = ("nchw", "nhwc", "frames")
+CONV_LAYOUT: dict[str, str] = {"cpu": "nchw", "cuda": "nchw"}
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -138,7 +153,25 @@ class FrequencyCNN(nn.Module):
                 f"expected (B, F={self.in_freq}, T) or (B, C={self.in_channels}, "
                 f"F={self.in_freq}, T), got {tuple(x.shape)}"
             )
-        x = self.layers(x)  # (B, C', F', T)
+        layout = CONV_LAYOUT.get(x.device.type, "nchw")
+        if layout == "frames":
+            batch, channels, freq, frames = x.shape
+            # (B, C, F, T) -> (B, T, C, F) -> (B*T, C, F, 1): one image per frame
+            x = x.permute(0, 3, 1, 2).reshape(batch * frames, channels, freq, 1)
+            x = self.layers(x.contiguous(memory_format=torch.channels_last))  # (B*T, C', F', 1)
+            # (B*T, C', F', 1) -> (B, T, C'*F')
+            return x.reshape(batch, frames, self.out_features)
+        if layout == "nhwc":
+            for block in self.layers:
+                for module in block:
+                    # With one input channel both layouts look alike and the first convolution
+                    # answers in NCHW: its output is converted here; for every other module
+                    # the input is channels_last already and this is a no-op.
+                    x = module(x.contiguous(memory_format=torch.channels_last))
+        elif layout == "nchw":
+            x = self.layers(x)  # (B, C', F', T)
+        else:
+            raise ValueError(f"CONV_LAYOUT must map to one of {CONV_LAYOUTS}, got {layout!r}")
         return x.flatten(1, 2).transpose(1, 2)  # (B, C', F', T) -> (B, C'*F', T) -> (B, T, C'*F')
 
     def describe(self, num_frames: int = 1) -> list[LayerSummary]:

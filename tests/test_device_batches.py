@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from speechcnn import frontend
 from speechcnn.data.clips import ClipSet, ResidentBatches, ShardedBatchSampler, make_loader
 from speechcnn.data.speech_commands import SpeechCommandsDataModule
 from speechcnn.model import ClassifierConfig
@@ -101,3 +102,25 @@ def test_fit_with_dataloader_fallback(speech_commands_root, tmp_path):
     trainer, _, _ = fit(speech_commands_root, tmp_path, resident=False)
     assert isinstance(trainer.train_dataloader, DataLoader)
     assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+
+
+def test_conv_layouts_compute_the_same_function(monkeypatch):
+    cnn = frontend.FrequencyCNN(40, (8, 16), (5, 3), pools=(2, 1), dropout=0.0)
+    keys = list(cnn.state_dict())
+    start = {k: v.clone() for k, v in cnn.state_dict().items()}
+    x = torch.randn(3, 40, 7)
+    results = {}
+    for layout in frontend.CONV_LAYOUTS:
+        monkeypatch.setitem(frontend.CONV_LAYOUT, "cpu", layout)
+        cnn.load_state_dict(start)
+        xi = x.clone().requires_grad_()
+        y = cnn(xi)  # training mode: batch statistics, running statistics updated
+        y.square().sum().backward()
+        results[layout] = (y.detach(), xi.grad, cnn.layers[1][1].running_var.clone())
+        assert list(cnn.state_dict()) == keys
+    for layout, (y, grad, running_var) in results.items():
+        y0, grad0, running_var0 = results["nchw"]
+        assert y.shape == y0.shape == (3, 7, cnn.out_features), layout
+        torch.testing.assert_close(y, y0, msg=layout)
+        torch.testing.assert_close(grad, grad0, msg=layout)
+        torch.testing.assert_close(running_var, running_var0, msg=layout)
