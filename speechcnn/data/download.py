@@ -140,8 +140,9 @@ def download_file(
                 retries + 1,
             )
     if last_error is not None:
+        kept = f"; kept {part} to resume later" if part.exists() else ""
         raise DownloadError(
-            f"cannot download {url} ({last_error}); kept {part} to resume later. If this "
+            f"cannot download {url} ({last_error}){kept}. If this "
             f"machine is offline, copy the archive to {dest} (it is checked against its sha256) "
             "or extract it yourself and point --data.root at the folder, or set --data.url to "
             "a mirror (file:///path/to/archive.tar.gz works too)."
