@@ -152,3 +152,18 @@ def test_missing_folder_and_no_classes(tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(FolderDataError, match="no audio files"):
         LabelledAudioDataModule(str(tmp_path / "empty"))
+
+
+def test_length_buckets_cover_every_clip_once_and_group_similar_lengths():
+    from speechcnn.data.folder import LengthBucketSampler
+
+    lengths = torch.randint(100, 10000, (103,))
+    sampler = LengthBucketSampler(lengths, batch_size=8, drop_last=False, window=4)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 13
+    assert sorted(i for batch in first for i in batch) == list(range(103))
+    assert first != list(sampler)  # a new order every epoch
+    spread = np.mean([float(lengths[b].max() - lengths[b].min()) for b in first])
+    assert spread < 0.5 * float(lengths.max() - lengths.min())
+    dropped = LengthBucketSampler(lengths, batch_size=8, drop_last=True, window=4)
+    assert len(list(dropped)) == len(dropped) == 12 and all(len(b) == 8 for b in dropped)

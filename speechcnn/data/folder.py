@@ -15,6 +15,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +23,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from speechcnn.data.clips import Batch, BatchAugment, ClipDataset, ClipSet, decode_clips, to_float
+
+if TYPE_CHECKING:  # the check module imports this one at run time
+    from speechcnn.data.check import CheckReport
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +252,7 @@ class LabelledAudioDataModule(pl.LightningDataModule):
             raise FolderDataError(f"{self.root}: need at least 2 classes, found {found}")
         self.num_classes = len(self.class_names)
         self.clips: dict[str, ClipSet] = {}
-        self.check_report: object | None = None
+        self.check_report: CheckReport | None = None
 
     def index(self) -> list[Item]:
         """Every labelled file (subclasses override this for other layouts)."""
