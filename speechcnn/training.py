@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytorch_lightning as pl
@@ -23,7 +24,7 @@ class SpeechClassifierModule(pl.LightningModule):
     Args:
         class_names: class names in label order (linked from the data module: one source).
         sample_rate: sample rate of the waveforms (linked from the data module).
-        net: architecture hyperparameters.
+        net: architecture hyperparameters (a ClassifierConfig, or its fields as a dict).
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
         label_smoothing: cross-entropy label smoothing.
@@ -51,7 +52,11 @@ class SpeechClassifierModule(pl.LightningModule):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
-        self.save_hyperparameters()
+        if isinstance(net, dict):  # as load_from_checkpoint passes it back
+            net = ClassifierConfig(**net)
+        self.save_hyperparameters(ignore=["net"])
+        # Plain types only, so checkpoints load with torch.load(weights_only=True).
+        self.hparams["net"] = dataclasses.asdict(net)
         self.class_names = list(class_names)
         self.model: SpeechClassifier = build_classifier(net, len(class_names), sample_rate)
         if compile:
