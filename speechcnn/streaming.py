@@ -118,7 +118,8 @@ class FrameBatchPath(nn.Module):
         for j, (kind, value) in enumerate(self.steps):
             if kind == "conv":  # buffers, so .to() and state moves carry them
                 self.register_buffer(f"conv{j}_weight", value[0].detach().clone())
-                self.register_buffer(f"conv{j}_bias", value[1].detach().clone())
+                bias = value[1] if value[1] is not None else torch.zeros(value[0].shape[0])
+                self.register_buffer(f"conv{j}_bias", bias.detach().clone())
 
     @staticmethod
     def _step(name: str, module: nn.Module) -> tuple[str, object]:
