@@ -145,7 +145,9 @@ class SpeechClassifierModule(pl.LightningModule):
             return {"optimizer": optimizer}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(total * hp.warmup_fraction))
-        if hp.schedule == "onecycle":
+        # OneCycleLR needs at least two steps in each of its phases; very short runs (tests,
+        # smoke runs) take the equivalent warm-up/cosine schedule instead.
+        if hp.schedule == "onecycle" and 2 <= warmup <= total - 2:
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
                 max_lr=hp.lr,

@@ -1,0 +1,73 @@
+"""The Speech Commands recipe and the CLI, end to end on a tiny synthetic data set."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from speechcnn.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_NET = [
+    "--model.net.n_mels=16", "--model.net.cnn_channels=[4, 8]", "--model.net.cnn_kernels=[3, 3]",
+    "--model.net.lstm_hidden=16", "--model.net.lstm_layers=1",
+]  # fmt: skip
+
+
+def test_cli_parses_recipe_yaml(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "recipes/speech_commands.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "SpeechCommandsDataModule" in printed and "lstm_hidden: 128" in printed
+    assert "class_names" not in printed.split("model:")[1].split("data:")[0]  # linked, not set
+
+
+@pytest.fixture(scope="module")
+def recipe_run(speech_commands_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cmd = [
+        sys.executable, str(REPO / "recipes/speech_commands.py"),
+        "--data.root", str(speech_commands_root),
+        "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false", "--data.batch_size", "16", *TINY_NET,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir, cmd, out.stdout
+
+
+def test_recipe_prints_and_writes_metrics(recipe_run):
+    run_dir, _, stdout = recipe_run
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_examples"] == 36
+    assert metrics["parameters"] > 0 and metrics["epochs"] == 2 and metrics["train_seconds"] > 0
+    folder = Path(metrics["run_dir"])
+    assert json.loads((folder / "metrics.json").read_text()) == metrics
+    report = json.loads((folder / "report.json").read_text())
+    assert set(report["per_class"]) >= {"yes", "_unknown_", "_silence_"}
+    assert (folder / "confusion.png").stat().st_size > 1000
+    assert Path(metrics["best_checkpoint"]).is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_recipe_resumes_from_last_checkpoint(recipe_run):
+    run_dir, cmd, _ = recipe_run
+    cmd = [c if c != "2" else "3" for c in cmd]  # --trainer.max_epochs 3
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in out.stdout
+    assert json.loads(out.stdout.strip().splitlines()[-1])["epochs"] == 3
+
+
+def test_cli_tests_saved_run_on_official_layout(recipe_run, official_test_root, capsys):
+    run_dir, _, stdout = recipe_run
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    config = Path(metrics["run_dir"]) / "config.yaml"
+    main([
+        "test", "--config", str(config), "--ckpt_path", metrics["best_checkpoint"],
+        "--data.test_root", str(official_test_root), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    assert "test/acc" in capsys.readouterr().out
