@@ -3,8 +3,12 @@
 - latency: one 1 s clip, median over --repeats calls;
 - throughput: clips per second in batches of --batch;
 - streaming: a --stream-s recording pushed through `speechcnn.streaming.Streamer` in chunks of
-  --chunk-ms (and, for comparison, 10 ms): cost per 10 ms of audio and real-time factor
-  (processing time / audio duration; below 1 keeps up with live audio).
+  each of --chunk-ms (10 ms: one frame per call; 100 ms; 1 s): cost per 10 ms of audio and
+  real-time factor (processing time / audio duration; below 1 keeps up with live audio).
+
+The machine's 1-minute load average is part of the line: on a shared CPU, other processes'
+load inflates every wall-clock figure; the streaming `cpu_rtf` (CPU seconds of this process per
+second of audio) is what one core spends, whatever else runs.
 
 Audio: real testing clips from --data-root when it exists (concatenated), else noise.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -84,18 +89,22 @@ def streaming_cost(model: SpeechClassifier, audio: np.ndarray, chunk_ms: float) 
     chunks = [samples[i : i + chunk] for i in range(0, len(samples), chunk)]
     for piece in chunks[:20]:  # warm-up
         streamer.push(piece)
-    runs = []
+    runs, cpu_runs = [], []
     for _ in range(3):  # best of three passes over the recording
         streamer.reset()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for piece in chunks:
             streamer.push(piece)
         runs.append(time.perf_counter() - start)
+        cpu_runs.append(time.process_time() - cpu_start)
     seconds = len(audio) / streamer.sample_rate
     elapsed = min(runs)
     return {
         "us_per_10ms": round(elapsed / (seconds / 0.01) * 1e6, 1),
         "rtf": round(elapsed / seconds, 5),
+        # CPU seconds this process used: what the work costs one core, without the time the
+        # scheduler gave to other processes on a shared machine.
+        "cpu_rtf": round(min(cpu_runs) / seconds, 5),
     }
 
 
@@ -106,8 +115,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="latency calls")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--stream-s", type=float, default=30.0)
-    parser.add_argument("--chunk-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--chunk-ms", default="10,100,1000", help="comma-separated streaming chunk sizes"
+    )
     args = parser.parse_args()
+    chunk_sizes = [float(c) for c in args.chunk_ms.split(",")]
 
     torch.set_num_threads(1)
     loaded = load_classifier(args.model)
@@ -121,18 +133,17 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "chunk_ms": args.chunk_ms,
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "stream_s": args.stream_s,
     }
     for name, model in [("float", loaded.model), ("int8", quantize_int8(loaded.model))]:
         line[f"{name}_latency_ms"] = round(latency_ms(model, clip, args.repeats), 3)
         line[f"{name}_throughput_clips_s"] = round(throughput(model, batch, 5), 1)
-        cost = streaming_cost(model, stream, args.chunk_ms)
-        line[f"{name}_stream_us_per_10ms"] = cost["us_per_10ms"]
-        line[f"{name}_stream_rtf"] = cost["rtf"]
-        if args.chunk_ms != 10.0:
-            cost = streaming_cost(model, stream[: 10 * sr], 10.0)
-            line[f"{name}_stream_rtf_10ms_chunks"] = cost["rtf"]
+        for chunk_ms in chunk_sizes:
+            cost = streaming_cost(model, stream, chunk_ms)
+            line[f"{name}_stream_{chunk_ms:g}ms_us_per_10ms"] = cost["us_per_10ms"]
+            line[f"{name}_stream_{chunk_ms:g}ms_rtf"] = cost["rtf"]
+            line[f"{name}_stream_{chunk_ms:g}ms_cpu_rtf"] = cost["cpu_rtf"]
     print(json.dumps(line))
 
 
