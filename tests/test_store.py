@@ -132,7 +132,5 @@ def test_data_module_uses_the_store(tmp_path):
     plain = SpeechCommandsDataModule(root=str(root), cache=False)
     plain.setup("fit")
     assert torch.equal(first.clips["train"].waveforms, plain.clips["train"].waveforms)
-    assert {p.name.rsplit("-", 1)[0] for p in cache.iterdir()} == {
-        "speech_commands-12-train",
-        "speech_commands-12-val",
-    }
+    entries = {p.name.rsplit("-", 1)[0] for p in cache.iterdir()}
+    assert {"speech_commands-12-train", "speech_commands-12-val"} <= entries
