@@ -4,11 +4,12 @@ Two ways to get a posterior track from a model trained on 1 s clips:
 
 - "window" (default): the classifier on sliding windows of `window_s` (the training clip
   length) every `hop_s`, each from a fresh LSTM state - exactly what the model saw in
-  training. The front end is frame-local, so frame embeddings are computed once for the whole
-  recording and shared by the overlapping windows; only the LSTM runs per window.
+  training, and available for every head (any pooling, bidirectional too). The front end is
+  frame-local, so frame embeddings are computed once for the whole recording and shared by
+  the overlapping windows; only the LSTM head runs per window.
 - "stream": the exact streaming posteriors (`speechcnn.streaming`), one per 10 ms frame, with
   the LSTM state carried over the whole recording (cheapest, but a state never reset is
-  further from the 1 s clips of training).
+  further from the 1 s clips of training; streamable models only: unidirectional, "last").
 
 Then: a causal moving average of the posteriors over `smooth_s`, a threshold on the
 smoothed keyword posterior, and a refractory period after each detection. A detection is the
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from speechcnn.model import SpeechClassifier
-from speechcnn.streaming import check_streamable, stream_posteriors
+from speechcnn.streaming import stream_posteriors
 
 MODES = ("window", "stream")
 NOT_KEYWORDS = ("_silence_", "_unknown_")
@@ -106,9 +107,9 @@ def window_posteriors(
     """Posteriors of sliding windows, each classified from a fresh LSTM state.
 
     Equal to `model` on each window's samples alone (frames are local), computed in blocks of
-    `block_windows` windows so memory stays bounded for long recordings.
+    `block_windows` windows so memory stays bounded for long recordings. Works for every head
+    (any pooling, bidirectional too): each window is a whole utterance to the head.
     """
-    check_streamable(model)
     feats = model.features
     samples = torch.as_tensor(samples, dtype=torch.float32)
     sr, hop, n_fft = feats.sample_rate, feats.hop_length, feats.n_fft
@@ -131,8 +132,7 @@ def window_posteriors(
         offsets = torch.tensor(block) - first
         index = offsets[:, None] + torch.arange(win_frames)  # (W, T_win)
         windows = embedded[index]  # (W, T_win, D)
-        _, (h_n, _) = model.head.lstm(windows)
-        posts.append(model.head.classifier(h_n[-1]).softmax(dim=-1))  # (W, K)
+        posts.append(model.head(windows).softmax(dim=-1))  # (W, K)
     ends = (np.array(starts) + win_frames - 1) * hop + n_fft
     return PosteriorTrack(
         posteriors=torch.cat(posts).numpy(),

@@ -50,9 +50,10 @@ def check_streamable(model: SpeechClassifier) -> None:
         raise NotStreamableError(
             "model cannot stream: "
             + "; ".join(reasons)
-            + ". Train with net.bidirectional=false and net.pooling=last (the default "
-            "configuration): its logits are the LSTM's output at the final frame, and the "
-            "streamer emits that for every frame."
+            + ". Train with net.bidirectional=false and net.pooling=last (recipe flags "
+            "--model.net.bidirectional false --model.net.pooling last): its logits are the "
+            "LSTM's output at the final frame, and the streamer emits that for every frame. "
+            "(`speechcnn spot --mode window` works with any model.)"
         )
 
 

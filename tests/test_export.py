@@ -62,9 +62,10 @@ def test_dft_log_mel_equals_torch_stft():
         assert (logits - model(wave)).abs().max() <= 1e-6
 
 
-def test_onnx_matches_pytorch_features_inside_and_outside(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"pooling": "attention"}])
+def test_onnx_matches_pytorch_features_inside_and_outside(tmp_path, overrides):
     pytest.importorskip("onnxruntime")
-    model = tiny_model()
+    model = tiny_model(**overrides)
     export_all(model, ["a", "b", "c", "d", "e"], tmp_path, onnx=True, int8=False)
     diffs = check_exports(model, tmp_path, clips() + real_clips())
     assert set(diffs) == {"torchscript", "onnx_waveform", "onnx_features"}

@@ -25,8 +25,11 @@ from speechcnn.streaming import offline_posteriors
 NAMES = ["_silence_", "_unknown_", "yes", "no"]
 
 
-def test_window_posteriors_equal_the_model_on_each_window_alone():
-    model = tiny_model()
+@pytest.mark.parametrize(
+    "overrides", [{}, {"pooling": "attention"}, {"pooling": "mean", "bidirectional": True}]
+)
+def test_window_posteriors_equal_the_model_on_each_window_alone(overrides):
+    model = tiny_model(**overrides)
     wave = recording(1.3, seed=1)
     track = window_posteriors(model, wave, window_s=0.5, hop_s=0.07, block_windows=3)
     hop, n_fft = model.features.hop_length, model.features.n_fft
