@@ -51,7 +51,8 @@ def check_streamable(model: SpeechClassifier) -> None:
             "model cannot stream: "
             + "; ".join(reasons)
             + ". Train with net.bidirectional=false and net.pooling=last (recipe flags "
-            "--model.net.bidirectional false --model.net.pooling last): its logits are the "
+            "--model.net.bidirectional false --model.net.pooling last, or the preset "
+            "recipes/presets/streaming.yaml): its logits are the "
             "LSTM's output at the final frame, and the streamer emits that for every frame. "
             "(`speechcnn spot --mode window` works with any model.)"
         )

@@ -25,6 +25,23 @@ def test_cli_parses_recipe_yaml(capsys):
     assert "class_names" not in printed.split("model:")[1].split("data:")[0]  # linked, not set
 
 
+def test_streaming_preset_layers_on_recipe(capsys):
+    preset = REPO / "recipes/presets/streaming.yaml"
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "recipes/speech_commands.yaml"),
+                "--config",
+                str(preset),
+                "--print_config",
+            ]
+        )
+    printed = capsys.readouterr().out
+    assert "pooling: last" in printed and "lstm_hidden: 128" in printed
+
+
 @pytest.fixture(scope="module")
 def recipe_run(speech_commands_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
