@@ -7,6 +7,7 @@ import pytest
 import torch
 from fakes import make_speech_commands, write_wav
 
+import speechcnn.data.clips as clips_module
 import speechcnn.data.store as store
 from speechcnn.data.clips import decode_clips
 from speechcnn.data.store import cached_clips, default_cache_dir
@@ -43,7 +44,7 @@ def test_cache_matches_decode_and_is_memory_mapped(folder, tmp_path, monkeypatch
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cached clip was decoded again")
 
-    monkeypatch.setattr(store, "read_audio", no_decoding)
+    monkeypatch.setattr(clips_module, "read_audio", no_decoding)
     monkeypatch.setattr(store, "decode_clips", no_decoding)
     again = cached_clips(items, 16000, 1600, cache, "demo", extra=extra)
     assert torch.equal(again.waveforms, expected.waveforms)
@@ -84,7 +85,7 @@ def test_interrupted_caching_leaves_no_entry(folder, tmp_path, monkeypatch):
     _, items = folder
     cache = tmp_path / "cache"
     calls = {"n": 0}
-    real = store.read_audio
+    real = clips_module.read_audio
 
     def interrupted(path, sample_rate=None):
         calls["n"] += 1
@@ -92,13 +93,13 @@ def test_interrupted_caching_leaves_no_entry(folder, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(path, sample_rate)
 
-    monkeypatch.setattr(store, "read_audio", interrupted)
+    monkeypatch.setattr(clips_module, "read_audio", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cached_clips(items, 16000, 1600, cache, "demo")
     assert entries(cache) == []  # nothing half-written survives
     # A process killed outright leaves its temporary folder; the next build removes it.
     (cache / ".tmp-demo-999999999-abc").mkdir()
-    monkeypatch.setattr(store, "read_audio", real)
+    monkeypatch.setattr(clips_module, "read_audio", real)
     clips = cached_clips(items, 16000, 1600, cache, "demo")
     assert torch.equal(clips.waveforms, decode_clips(items, 16000, 1600).waveforms)
     assert len(entries(cache)) == 1 and not entries(cache)[0].startswith(".tmp")

@@ -8,7 +8,7 @@ background noise) happen after the batch reaches the device, on the whole batch 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +43,29 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype(np.int16)
 
 
+def iter_decoded(
+    items: Iterable[tuple[str | Path, int]], sample_rate: int, skipped: list[str]
+) -> Iterator[tuple[np.ndarray, int, str]]:
+    """Decode (path, label) items one at a time as (float samples, label, path).
+
+    Files that cannot be used are logged with the reason, appended to `skipped` and left out,
+    never raised.
+    """
+    for path, label in items:
+        try:
+            samples = read_audio(path, sample_rate)
+        except AudioError as error:
+            log.warning("skipping %s", error)
+            skipped.append(str(error))
+            continue
+        yield samples, label, str(path)
+
+
 def decode_clips(
     items: Sequence[tuple[str | Path, int]],
     sample_rate: int,
     num_samples: int | None,
     extra: Sequence[tuple[np.ndarray, int, str]] = (),
-    progress: Callable[[int, int], None] | None = None,
 ) -> ClipSet:
     """Decode (path, label) items into a ClipSet.
 
@@ -57,7 +74,6 @@ def decode_clips(
         sample_rate: target sample rate; other rates are resampled.
         num_samples: pad/trim every clip to this length (None: pad to the longest clip).
         extra: already decoded (float samples, label, name) clips to append, e.g. silence.
-        progress: called as progress(done, total) while decoding.
 
     Files that cannot be used are logged with the reason and left out, never raised.
     """
@@ -65,18 +81,10 @@ def decode_clips(
     labels: list[int] = []
     paths: list[str] = []
     skipped: list[str] = []
-    for i, (path, label) in enumerate(items):
-        try:
-            samples = read_audio(path, sample_rate)
-        except AudioError as error:
-            log.warning("skipping %s", error)
-            skipped.append(str(error))
-            continue
+    for samples, label, path in iter_decoded(items, sample_rate, skipped):
         rows.append(samples)
         labels.append(label)
-        paths.append(str(path))
-        if progress is not None:
-            progress(i + 1, len(items))
+        paths.append(path)
     for samples, label, name in extra:
         rows.append(samples)
         labels.append(label)

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechcnn.data.audio import AudioError, fit_length, read_audio
-from speechcnn.data.clips import ClipSet, decode_clips, to_int16
+from speechcnn.data.audio import fit_length
+from speechcnn.data.clips import ClipSet, decode_clips, iter_decoded, to_int16
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +136,11 @@ def _write_entry(
         done = 0
         last_report = time.monotonic()
         with open(folder / "waveforms.i16", "wb") as out:
-            for path, label in items:
-                try:
-                    samples = read_audio(path, sample_rate)
-                except AudioError as error:
-                    log.warning("skipping %s", error)
-                    skipped.append(str(error))
-                    continue
+            for samples, label, path in iter_decoded(items, sample_rate, skipped):
                 out.write(to_int16(fit_length(samples, width)).tobytes())
                 lengths.append(min(len(samples), width))
                 labels.append(label)
-                paths.append(str(path))
+                paths.append(path)
                 done += 1
                 if time.monotonic() - last_report > 10:
                     log.info("caching: %d / %d clips decoded", done, len(items))
