@@ -60,7 +60,8 @@ EXTRA_COMMANDS: dict[str, str] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `speechcnn` console script."""
+    """Entry point of the `speechcnn` console script (`argv`: the arguments after the name)."""
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in EXTRA_COMMANDS:
         module, function = EXTRA_COMMANDS[argv[0]].split(":")
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv[:1] in (["-h"], ["--help"]) and EXTRA_COMMANDS:
         print(f"other subcommands: {', '.join(sorted(EXTRA_COMMANDS))} (each takes --help)")
-    SpeechCNNCLI(args=argv)
+    # args=None lets LightningCLI read sys.argv itself (and not warn that both were given).
+    SpeechCNNCLI(args=None if from_command_line else argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -33,7 +34,10 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     metrics.json, report.json (per-class precision/recall) and confusion.png to the run's log
     folder and returns the metrics.
     """
-    cli = SpeechCNNCLI(args=["--config", str(config), *argv], run=False)
+    with warnings.catch_warnings():
+        # The recipe passes its own config ahead of the command line on purpose.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = SpeechCNNCLI(args=["--config", str(config), *argv], run=False)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     checkpoint = trainer.checkpoint_callback
     last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint and checkpoint.dirpath else None
