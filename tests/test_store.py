@@ -120,7 +120,9 @@ def test_read_only_root_falls_back_to_home_cache(tmp_path, monkeypatch):
     # As if the data root were read-only (chmod does not stop root, which CI may run as).
     monkeypatch.setattr(store.os, "access", lambda path, mode: False)
     fallback = default_cache_dir(root)
-    assert fallback.parent == store.DEFAULT_CACHE_HOME and fallback.name.startswith("ro-")
+    assert fallback.parent == store.cache_home() and fallback.name.startswith("ro-")
+    monkeypatch.setenv("SPEECHCNN_CACHE_DIR", str(tmp_path / "home"))
+    assert default_cache_dir(root).parent == tmp_path / "home"
 
 
 def test_data_module_uses_the_store(tmp_path):

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speechcnn.data.store import cache_home
+
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
@@ -50,14 +52,6 @@ ACTIONS = {
     "missing_listed": "ignored",
     "split_overlap": "kept in the first list only",
 }
-
-
-def default_cache_dir() -> Path:
-    """$SPEECHCNN_CACHE_DIR, else $XDG_CACHE_HOME/speechcnn, else ~/.cache/speechcnn."""
-    if env := os.environ.get("SPEECHCNN_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "speechcnn"
 
 
 def wav_declared_frames(path: Path) -> int | None:
@@ -256,7 +250,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _cache_path(root: str | Path, cache_dir: str | Path | None) -> Path:
     digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
-    return Path(cache_dir or default_cache_dir()) / "check" / f"{Path(root).name}-{digest}.json"
+    return Path(cache_dir or cache_home()) / "check" / f"{Path(root).name}-{digest}.json"
 
 
 def _load_cache(path: Path) -> dict:
@@ -290,7 +284,7 @@ def check_items(
         split_overlap: files in several split lists, found by the caller.
         cache: read and update the facts cache (a cache folder that cannot be written is
             reported in the log and skipped).
-        cache_dir: where the cache lives (default: `default_cache_dir()`).
+        cache_dir: where the cache lives (default: `cache_home()`).
     """
     if long_seconds is None and max_samples is not None:
         long_seconds = max_samples / sample_rate
@@ -389,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seconds", type=float, help="flag clips longer than this")
     parser.add_argument("--report", default="check_data_report.json", help="JSON report path")
     parser.add_argument("--no-cache", action="store_true", help="re-read every file")
-    parser.add_argument("--cache-dir", help=f"cache folder (default {default_cache_dir()})")
+    parser.add_argument("--cache-dir", help=f"cache folder (default {cache_home()})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     root = Path(args.root)

@@ -38,18 +38,28 @@ from speechcnn.data.clips import ClipSet, decode_clips, iter_decoded, to_int16
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DEFAULT_CACHE_HOME = Path.home() / ".cache" / "speechcnn"
+
+
+def cache_home() -> Path:
+    """$SPEECHCNN_CACHE_DIR, else $XDG_CACHE_HOME/speechcnn, else ~/.cache/speechcnn: the one
+    home of every speechcnn cache (waveform stores of read-only folders, data-check results)."""
+    if env := os.environ.get("SPEECHCNN_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "speechcnn"
+
+
 _TMP_PREFIX = ".tmp-"
 
 
 def default_cache_dir(root: str | Path) -> Path:
     """Where the cache of a data folder lives: `<root>/.speechcnn_cache` when `root` is
-    writable, else `~/.cache/speechcnn/<folder name>-<hash of its absolute path>`."""
+    writable, else `cache_home()/<folder name>-<hash of its absolute path>`."""
     root = Path(root).resolve()
     if os.access(root, os.W_OK):
         return root / ".speechcnn_cache"
     tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    return DEFAULT_CACHE_HOME / f"{root.name}-{tag}"
+    return cache_home() / f"{root.name}-{tag}"
 
 
 def fingerprint(
