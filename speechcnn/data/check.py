@@ -334,14 +334,13 @@ def check_speech_commands(
 
     Clips longer than 1.5 x clip_seconds are flagged as much longer than expected.
     """
-    from speechcnn.data.speech_commands import index_speech_commands
+    from speechcnn.data.speech_commands import index_speech_commands, read_split_list
 
     root = Path(root)
     splits = index_speech_commands(root)  # raises DataError naming what the layout lacks
-    lists = {}
-    for name in ("validation_list.txt", "testing_list.txt"):
-        text = (root / name).read_text()
-        lists[name] = {line.strip() for line in text.splitlines() if line.strip()}
+    lists = {
+        name: read_split_list(root / name) for name in ("validation_list.txt", "testing_list.txt")
+    }
     present = {rel for split in splits.values() for rel, _ in split}
     listed = lists["validation_list.txt"] | lists["testing_list.txt"]
     items = [(root / rel, word, split) for split, rows in splits.items() for rel, word in rows]

@@ -56,7 +56,8 @@ def class_names(task: str) -> list[str]:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
-def _read_list(path: Path) -> set[str]:
+def read_split_list(path: Path) -> set[str]:
+    """The relative clip paths named in a split list (validation_list.txt, testing_list.txt)."""
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
@@ -82,7 +83,8 @@ def index_speech_commands(root: str | Path) -> dict[str, list[tuple[str, str]]]:
             f"(missing: {absent or 'none'}), {NOISE_DIR}/, validation_list.txt and "
             f"testing_list.txt (missing: {missing or 'none'}). {GET_DATA}"
         )
-    val, test = _read_list(lists["validation_list.txt"]), _read_list(lists["testing_list.txt"])
+    val = read_split_list(lists["validation_list.txt"])
+    test = read_split_list(lists["testing_list.txt"])
     splits: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
     for word in words:
         for wav in sorted((root / word).glob("*.wav")):
