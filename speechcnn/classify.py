@@ -41,7 +41,7 @@ def load_classifier(path: str | Path) -> LoadedModel:
         raise FileNotFoundError(f"model checkpoint {path} does not exist")
     module = SpeechClassifierModule.load_from_checkpoint(str(path), map_location="cpu")
     return LoadedModel(
-        model=module.model.eval(),
+        model=module.inference_model.eval(),
         class_names=list(module.class_names),
         sample_rate=int(module.hparams.sample_rate),
     )

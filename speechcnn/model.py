@@ -5,6 +5,7 @@ Plain nn.Modules: nothing here imports Lightning.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -233,3 +234,56 @@ def build_classifier(
         dropout=c.head_dropout,
     )
     return SpeechClassifier(features, frontend, head, input_norm=c.input_norm)
+
+
+def multiply_accumulates(model: SpeechClassifier, seconds: float = 1.0) -> int:
+    """Multiply-accumulates to classify `seconds` of audio, counted layer by layer.
+
+    Counts the features (the FFT as 2 N log2 N real MACs per frame of N samples, the mel
+    filterbank and any DCT), the convolutions, the LSTM's gate products, the attention score
+    and the classifier. Batch norm, activations and pooling are left out: they are elementwise
+    (batch norm folds into the convolution at inference).
+    """
+    feats = model.features
+    n_frames = feats.num_frames(round(seconds * feats.sample_rate))
+    if n_frames <= 0:
+        raise ValueError(f"{seconds} s is shorter than one analysis window")
+    n_fft = feats.n_fft
+    macs = n_frames * (2 * n_fft * math.ceil(math.log2(n_fft)))  # FFT
+    macs += n_frames * feats.mel_fbanks.numel()  # (N/2+1, n_mels) projection
+    if feats.dct is not None:
+        macs += n_frames * feats.dct.numel()
+
+    counts: list[int] = []
+
+    def conv_hook(module: nn.Conv2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+        counts.append(output[0].numel() * per_output)  # first item of the batch
+
+    def linear_hook(module: nn.Linear, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        counts.append(output[0].numel() * module.in_features)
+
+    hooks = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            embeddings = model.embed(torch.zeros(1, round(seconds * feats.sample_rate)))
+            model.head(embeddings)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    # The classifier runs on the pooled vector once per clip; the hook saw exactly that.
+    macs += sum(counts)
+    lstm = model.head.lstm
+    dirs = 2 if lstm.bidirectional else 1
+    size = lstm.input_size
+    for _ in range(lstm.num_layers):
+        macs += n_frames * dirs * 4 * lstm.hidden_size * (size + lstm.hidden_size)
+        size = lstm.hidden_size * dirs
+    return int(macs)

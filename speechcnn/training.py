@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -33,6 +34,10 @@ class SpeechClassifierModule(pl.LightningModule):
         warmup_fraction: fraction of the training steps spent warming up.
         compile: `torch.compile` the CNN front end, where the training step spends its time
             (opt-in: compiling takes a while; state-dict keys are unchanged).
+        ema_decay: keep an exponential moving average of the weights with this decay (0: off);
+            validation, testing, prediction and `load_classifier` then use the average.
+        mixup_alpha: mix each training batch with a shuffled copy of itself, weight drawn from
+            Beta(alpha, alpha), and the loss mixed alike (0: off).
     """
 
     def __init__(
@@ -46,12 +51,18 @@ class SpeechClassifierModule(pl.LightningModule):
         schedule: str = "onecycle",
         warmup_fraction: float = 0.1,
         compile: bool = False,
+        ema_decay: float = 0.0,
+        mixup_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if mixup_alpha < 0.0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
         if isinstance(net, dict):  # as load_from_checkpoint passes it back
             net = ClassifierConfig(**net)
         self.save_hyperparameters(ignore=["net"])
@@ -59,6 +70,10 @@ class SpeechClassifierModule(pl.LightningModule):
         self.hparams["net"] = dataclasses.asdict(net)
         self.class_names = list(class_names)
         self.model: SpeechClassifier = build_classifier(net, len(class_names), sample_rate)
+        # The average is a frozen copy that only on_train_batch_end writes to.
+        self.averaged: SpeechClassifier | None = (
+            copy.deepcopy(self.model).requires_grad_(False) if ema_decay > 0 else None
+        )
         if compile:
             # Module.compile compiles in place: parameter names (and checkpoints) stay as they are.
             self.model.frontend.compile()
@@ -77,15 +92,35 @@ class SpeechClassifierModule(pl.LightningModule):
     def num_parameters(self) -> int:
         return count_parameters(self.model)
 
+    @property
+    def inference_model(self) -> SpeechClassifier:
+        """The weights to evaluate and deploy: the moving average when there is one."""
+        return self.averaged if self.averaged is not None else self.model
+
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """(B, S) waveforms, (B,) lengths -> (B, K) logits."""
+        """(B, S) waveforms, (B,) lengths -> (B, K) logits, from the trained weights."""
         return self.model(waveforms, lengths)
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
         waveforms, lengths, labels = batch
-        logits = self(waveforms, lengths)
-        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        if stage != "train":
+            logits = self.inference_model(waveforms, lengths)
+            loss = F.cross_entropy(logits, labels)
+        elif self.hparams.mixup_alpha > 0:
+            alpha = self.hparams.mixup_alpha
+            # Drawn on the CPU generator, so a seed fixes it on every device.
+            lam = float(torch.distributions.Beta(alpha, alpha).sample())
+            perm = torch.randperm(len(labels)).to(labels.device)
+            waveforms = lam * waveforms + (1.0 - lam) * waveforms[perm]
+            lengths = torch.maximum(lengths, lengths[perm])
+            logits = self(waveforms, lengths)
+            smoothing = self.hparams.label_smoothing
+            loss = lam * F.cross_entropy(logits, labels, label_smoothing=smoothing) + (
+                1.0 - lam
+            ) * F.cross_entropy(logits, labels[perm], label_smoothing=smoothing)
+        else:
+            logits = self(waveforms, lengths)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         preds = logits.argmax(dim=-1)
         accuracy = self.acc[f"{stage}_acc"]
         accuracy(preds, labels)
@@ -126,7 +161,19 @@ class SpeechClassifierModule(pl.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """(B, K) class probabilities."""
         waveforms, lengths, _ = batch
-        return self(waveforms, lengths).softmax(dim=-1)
+        return self.inference_model(waveforms, lengths).softmax(dim=-1)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs: object, batch: Batch, batch_idx: int) -> None:
+        if self.averaged is None:
+            return
+        # Early on the average would be mostly the random init: ramp the decay up.
+        step = self.global_step
+        decay = min(self.hparams.ema_decay, (1.0 + step) / (10.0 + step))
+        averaged = [t for t in self.averaged.state_dict().values() if t.is_floating_point()]
+        live = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        # Buffers too (batch-norm statistics), so they follow the averaged weights.
+        torch._foreach_lerp_(averaged, live, 1.0 - decay)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

@@ -1,5 +1,6 @@
 import dataclasses
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -50,3 +51,53 @@ def test_predict_step_returns_probabilities():
     probs = module.predict_step(batch, 0)
     assert probs.shape == (2, 3)
     torch.testing.assert_close(probs.sum(1), torch.ones(2))
+
+
+def _fit_briefly(module, data, tmp_path, steps=6):
+    trainer = pl.Trainer(
+        max_steps=steps, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
+        enable_model_summary=False, limit_val_batches=1,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+def test_ema_averages_weights_and_is_what_gets_evaluated(speech_commands_root, tmp_path):
+    from speechcnn.classify import load_classifier
+
+    pl.seed_everything(0)
+    data = SpeechCommandsDataModule(root=str(speech_commands_root), batch_size=16)
+    module = SpeechClassifierModule(data.class_names, data.sample_rate, net=TINY, ema_decay=0.9)
+    start = {k: v.clone() for k, v in module.model.state_dict().items()}
+    trainer = _fit_briefly(module, data, tmp_path)
+    live, averaged = module.model.state_dict(), module.averaged.state_dict()
+    weight = "head.classifier.weight"
+    assert not torch.equal(live[weight], averaged[weight])  # lags behind the live weights
+    assert not torch.equal(start[weight], averaged[weight])  # but has moved
+    assert not any(p.requires_grad for p in module.averaged.parameters())
+    assert module.inference_model is module.averaged
+
+    path = tmp_path / "ema.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = load_classifier(path).model
+    for name, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, averaged[name])
+
+
+def test_mixup_trains(speech_commands_root, tmp_path):
+    pl.seed_everything(0)
+    data = SpeechCommandsDataModule(root=str(speech_commands_root), batch_size=16)
+    module = SpeechClassifierModule(data.class_names, data.sample_rate, net=TINY, mixup_alpha=0.4)
+    trainer = _fit_briefly(module, data, tmp_path)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert module.inference_model is module.model
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"ema_decay": 1.0}, "ema_decay"), ({"mixup_alpha": -0.1}, "mixup_alpha"),
+     ({"schedule": "linear"}, "schedule"), ({"warmup_fraction": 1.0}, "warmup_fraction")],
+)  # fmt: skip
+def test_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpeechClassifierModule(["a", "b"], 16000, net=TINY, **kwargs)
