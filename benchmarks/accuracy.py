@@ -1,0 +1,229 @@
+"""Accuracy per parameter: train named configurations over several seeds, tabulate the results.
+
+    python benchmarks/accuracy.py --data-root ../shared/data/speech_commands_dev
+
+Each configuration is a `+`-joined list of YAML files under recipes/ (without `.yaml`) or of
+paths to YAML files, layered in order on the recipe's own config (`recipes/speech_commands.yaml`);
+`default` alone is the recipe as it is. Every (configuration, seed) trains in its own process with
+`recipes/speech_commands.py` into `<out-dir>/<name>/seed<k>`; a finished run's result.json is
+reused, so an interrupted study picks up where it stopped. Prints one JSON line per
+configuration (parameters, multiply-accumulates per second of audio, mean and standard
+deviation of the 12-class testing-split accuracy over the seeds, training minutes) and writes a
+Markdown table and a parameters-vs-accuracy plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+
+# The ablation, in the order it was run: `study/base` is the recipe default the study started
+# from (frozen, so the study still means the same after the default changed); every later row
+# changes one thing from `study/base+study/hop20`.
+FAST = "study/base+study/hop20"
+STUDY = [
+    "study/base",
+    FAST,
+    f"{FAST}+study/mels64",
+    f"{FAST}+study/cnn3",
+    f"{FAST}+study/mean_pool",
+    f"{FAST}+study/bilstm",
+    f"{FAST}+study/ema",
+    f"{FAST}+study/mixup",
+    f"{FAST}+study/no_specaugment",
+    f"{FAST}+study/more_noise",
+    f"{FAST}+study/no_smoothing",
+    f"{FAST}+study/epochs30",
+]
+
+
+def config_files(config: str) -> list[Path]:
+    """The YAML layers of a configuration name (none for `default`)."""
+    if config == "default":
+        return []
+    files = [
+        Path(part) if part.endswith(".yaml") else RECIPES / f"{part}.yaml"
+        for part in config.split("+")
+    ]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"configuration {config!r}: {f} does not exist")
+    return files
+
+
+def row_name(config: str) -> str:
+    """Short table name: the last layer's file name (`default` for the recipe itself)."""
+    return Path(config.split("+")[-1]).name.removesuffix(".yaml")
+
+
+def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train and test one configuration with one seed (reusing a finished run)."""
+    run_dir = (
+        args.out_dir
+        / "+".join(str(Path(p).with_suffix("")).replace("/", "_") for p in config.split("+"))
+        / f"seed{seed}"
+    )
+    result_file = run_dir / "result.json"
+    if result_file.is_file() and not args.force:
+        return json.loads(result_file.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(RECIPES / "speech_commands.py")]
+    for f in config_files(config):
+        command += ["--config", str(f)]
+    command += [
+        "--seed_everything", str(seed),
+        "--data.root", str(args.data_root),
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    start = time.perf_counter()
+    with open(run_dir / "train.log", "a") as log:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        log.write(done.stdout)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{config} seed {seed} failed (exit {done.returncode}): {run_dir}/train.log"
+        )
+    metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    result = {
+        "config": config,
+        "seed": seed,
+        "test_accuracy": metrics["test_accuracy"],
+        "test_keyword_accuracy": metrics["test_keyword_accuracy"],
+        "test_examples": metrics["test_examples"],
+        "parameters": metrics["parameters"],
+        "macs_per_second": macs_of(metrics["best_checkpoint"]),
+        "epochs": metrics["epochs"],
+        "train_minutes": round(metrics["train_seconds"] / 60, 2),
+        "wall_minutes": round((time.perf_counter() - start) / 60, 2),
+        "threads": args.threads,
+        "best_checkpoint": metrics["best_checkpoint"],
+    }
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"# {config} seed {seed}: {result['test_accuracy']:.4f}", file=sys.stderr, flush=True)
+    return result
+
+
+def macs_of(checkpoint: str) -> int:
+    from speechcnn.classify import load_classifier
+    from speechcnn.model import multiply_accumulates
+
+    return multiply_accumulates(load_classifier(checkpoint).model, seconds=1.0)
+
+
+def summarise(config: str, runs: list[dict]) -> dict:
+    accuracies = [r["test_accuracy"] for r in runs]
+    keyword = [r["test_keyword_accuracy"] for r in runs]
+    return {
+        "name": row_name(config),
+        "config": config,
+        "seeds": [r["seed"] for r in runs],
+        "parameters": runs[0]["parameters"],
+        "macs_per_second": runs[0]["macs_per_second"],
+        "accuracy_mean": round(statistics.mean(accuracies), 4),
+        "accuracy_std": round(statistics.stdev(accuracies), 4) if len(runs) > 1 else 0.0,
+        "accuracies": accuracies,
+        "keyword_accuracy_mean": round(statistics.mean(keyword), 4),
+        "test_examples": runs[0]["test_examples"],
+        "epochs": runs[0]["epochs"],
+        "train_minutes_mean": round(statistics.mean(r["train_minutes"] for r in runs), 2),
+        "threads": runs[0]["threads"],
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| configuration | parameters | MMACs per s of audio | accuracy (mean ± std) "
+        "| keywords | epochs | train min/seed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['parameters']:,} | {r['macs_per_second'] / 1e6:.1f} "
+            f"| {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} "
+            f"| {100 * r['keyword_accuracy_mean']:.2f} | {r['epochs']} "
+            f"| {r['train_minutes_mean']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        ax.errorbar(
+            r["parameters"] / 1e3,
+            100 * r["accuracy_mean"],
+            yerr=100 * r["accuracy_std"],
+            fmt="o",
+            capsize=3,
+        )
+        ax.annotate(r["name"], (r["parameters"] / 1e3, 100 * r["accuracy_mean"]), fontsize=7,
+                    xytext=(4, 2), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("parameters (thousands)")
+    ax.set_ylabel("12-class testing-split accuracy (%), mean ± std over seeds")
+    ax.set_title("speechcnn on speech_commands_dev")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="*", default=STUDY, help="configurations (see above)")
+    parser.add_argument(
+        "--data-root", type=Path, default=Path("../shared/data/speech_commands_dev")
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2),
+                        help="torch threads per run")  # fmt: skip
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/accuracy"))
+    parser.add_argument("--table", type=Path, help="write the Markdown table here")
+    parser.add_argument("--plot", type=Path, help="write the parameters-vs-accuracy PNG here")
+    parser.add_argument("--force", action="store_true", help="retrain finished runs")
+    args = parser.parse_args(argv)
+    if not args.data_root.is_dir():
+        parser.error(f"--data-root {args.data_root} is not a folder")
+    if args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs and --threads must be positive, got {args.jobs}, {args.threads}")
+    for config in args.configs:
+        config_files(config)  # fail before training anything
+
+    tasks = [(c, s) for c in args.configs for s in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda task: run_one(*task, args), tasks))
+    rows = []
+    for config in args.configs:
+        row = summarise(config, [r for r in results if r["config"] == config])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    table = markdown_table(rows)
+    print(table)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table)
+    if args.plot:
+        plot(rows, args.plot)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""benchmarks/accuracy.py end to end on the tiny synthetic data set: seeds, reuse, table, plot."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = """\
+trainer:
+  max_epochs: 2
+model:
+  net: {n_mels: 16, cnn_channels: [4, 8], cnn_kernels: [3, 3], lstm_hidden: 16, lstm_layers: 1}
+data:
+  init_args: {batch_size: 16}
+"""
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks/accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_configurations_exist(accuracy):
+    for config in accuracy.STUDY:
+        assert accuracy.config_files(config)
+    assert accuracy.config_files("default") == []
+    with pytest.raises(FileNotFoundError, match="study/nonsense"):
+        accuracy.config_files("study/base+study/nonsense")
+
+
+def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root, tmp_path, capsys):
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY)
+    common = ["--data-root", str(speech_commands_root), "--jobs", "2", "--threads", "1"]
+    rows = accuracy.main(
+        [str(tiny), *common, "--seeds", "0", "1", "--out-dir", str(tmp_path / "a"),
+         "--table", str(tmp_path / "table.md"), "--plot", str(tmp_path / "plot.png")]
+    )  # fmt: skip
+    (row,) = rows
+    assert row["name"] == "tiny" and row["seeds"] == [0, 1] and row["epochs"] == 2
+    assert row["parameters"] > 0 and row["macs_per_second"] > 0
+    assert 0.0 <= row["accuracy_mean"] <= 1.0 and row["accuracy_std"] >= 0.0
+    printed = capsys.readouterr().out
+    assert json.loads(printed.splitlines()[0]) == row
+    assert "| tiny |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+    # A finished run is reused, not retrained: its result file is read back as it is.
+    result = next((tmp_path / "a").glob("*/seed0/result.json"))
+    stamp = result.stat().st_mtime_ns
+    again = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert result.stat().st_mtime_ns == stamp and again[0]["accuracies"][0] == row["accuracies"][0]
+
+    # The same seed trained afresh gives the same accuracy.
+    fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
+    assert fresh[0]["accuracies"] == row["accuracies"][:1]
