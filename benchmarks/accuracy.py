@@ -6,17 +6,19 @@ Each configuration is a `+`-joined list of YAML files under recipes/ (without `.
 paths to YAML files, layered in order on the recipe's own config (`recipes/speech_commands.yaml`);
 `default` alone is the recipe as it is. Every (configuration, seed) trains in its own process with
 `recipes/speech_commands.py` into `<out-dir>/<name>/seed<k>`; a finished run's result.json is
-reused, so an interrupted study picks up where it stopped. Prints one JSON line per
-configuration (parameters, multiply-accumulates per second of audio, mean and standard
-deviation of the 12-class testing-split accuracy over the seeds, training minutes) and writes a
-Markdown table and a parameters-vs-accuracy plot.
+reused while its YAML and data folder are unchanged, so an interrupted study picks up where it
+stopped. Prints one JSON line per configuration (parameters, multiply-accumulates per second of
+audio, mean and standard deviation of the 12-class testing-split accuracy over the seeds,
+training minutes) and writes a Markdown table and a parameters-vs-accuracy plot.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,6 +63,18 @@ def config_files(config: str) -> list[Path]:
     return files
 
 
+def fingerprint(config: str, data_root: Path) -> str:
+    """sha256 of the configuration's YAML text and the data folder's path: a finished run is
+    reused only while it matches.
+
+    A layered configuration is fingerprinted by its layers (they pin what they rely on, as
+    study/base does), `default` by the recipe's own YAML.
+    """
+    files = config_files(config) or [RECIPES / "speech_commands.yaml"]
+    texts = [f.read_bytes() for f in files] + [str(data_root.resolve()).encode()]
+    return hashlib.sha256(b"\0".join(texts)).hexdigest()[:16]
+
+
 def row_name(config: str) -> str:
     """Short table name: the last layer's file name (`default` for the recipe itself)."""
     return Path(config.split("+")[-1]).name.removesuffix(".yaml")
@@ -75,7 +89,11 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
     )
     result_file = run_dir / "result.json"
     if result_file.is_file() and not args.force:
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        if result.get("fingerprint") == fingerprint(config, args.data_root):
+            return result
+        print(f"# {config} seed {seed}: configuration changed, retraining", file=sys.stderr)
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(RECIPES / "speech_commands.py")]
     for f in config_files(config):
@@ -98,6 +116,7 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
     result = {
         "config": config,
+        "fingerprint": fingerprint(config, args.data_root),
         "seed": seed,
         "test_accuracy": metrics["test_accuracy"],
         "test_keyword_accuracy": metrics["test_keyword_accuracy"],

@@ -56,6 +56,9 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     again = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
     assert result.stat().st_mtime_ns == stamp and again[0]["accuracies"][0] == row["accuracies"][0]
 
-    # The same seed trained afresh gives the same accuracy.
-    fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
+    # The same seed trained afresh (the YAML changed, so the run is not reused) gives the same
+    # accuracy.
+    tiny.write_text(TINY + "# edited\n")
+    fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert result.stat().st_mtime_ns != stamp
     assert fresh[0]["accuracies"] == row["accuracies"][:1]
