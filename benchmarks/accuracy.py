@@ -76,8 +76,10 @@ def fingerprint(config: str, data_root: Path) -> str:
 
 
 def row_name(config: str) -> str:
-    """Short table name: the last layer's file name (`default` for the recipe itself)."""
-    return Path(config.split("+")[-1]).name.removesuffix(".yaml")
+    """Table name: the layers' file names after study/base (`base` alone, `default` for the
+    recipe itself)."""
+    names = [Path(part).name.removesuffix(".yaml") for part in config.split("+")]
+    return "+".join(names[1:] if names[0] == "base" and len(names) > 1 else names)
 
 
 def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
