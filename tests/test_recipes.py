@@ -1,5 +1,6 @@
 """The Speech Commands recipe and the CLI, end to end on a tiny synthetic data set."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from speechcnn.cli import main
+from speechcnn.model import ClassifierConfig, build_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_NET = [
@@ -88,3 +90,34 @@ def test_cli_tests_saved_run_on_official_layout(recipe_run, official_test_root, 
         "--data.test_root", str(official_test_root), "--trainer.enable_progress_bar", "false",
     ])  # fmt: skip
     assert "test/acc" in capsys.readouterr().out
+
+
+def _accuracy_benchmark():
+    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks/accuracy.py")
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    return accuracy
+
+
+def _parameters(config: dict) -> int:
+    net = config["model"]["net"]
+    model = build_classifier(ClassifierConfig(**net), num_classes=12)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_default_recipe_holds_the_study_winner():
+    """recipes/speech_commands.yaml is the accuracy study's chosen row, setting for setting."""
+    accuracy = _accuracy_benchmark()
+    winner = accuracy.merged_config(accuracy.DEFAULT_FROM)
+    default = accuracy.merged_config("default")
+    assert default["model"] == winner["model"]
+    assert default["data"] == winner["data"]
+    assert default["trainer"]["max_epochs"] == winner["trainer"]["max_epochs"]
+    assert _parameters(default) <= 500_000
+
+
+def test_presets_small_and_streamable():
+    accuracy = _accuracy_benchmark()
+    assert _parameters(accuracy.merged_config("presets/small")) <= 100_000
+    streaming = accuracy.merged_config("presets/streaming")
+    assert build_classifier(ClassifierConfig(**streaming["model"]["net"]), 12).head.streamable
