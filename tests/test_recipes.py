@@ -119,5 +119,6 @@ def test_default_recipe_holds_the_study_winner():
 def test_presets_small_and_streamable():
     accuracy = _accuracy_benchmark()
     assert _parameters(accuracy.merged_config("presets/small")) <= 100_000
+    assert 1_000_000 < _parameters(accuracy.merged_config("presets/full_data")) < 2_000_000
     streaming = accuracy.merged_config("presets/streaming")
     assert build_classifier(ClassifierConfig(**streaming["model"]["net"]), 12).head.streamable
