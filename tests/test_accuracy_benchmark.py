@@ -11,7 +11,8 @@ TINY = """\
 trainer:
   max_epochs: 2
 model:
-  net: {n_mels: 16, cnn_channels: [4, 8], cnn_kernels: [3, 3], lstm_hidden: 16, lstm_layers: 1}
+  net: {n_mels: 16, cnn_channels: [4, 8], cnn_kernels: [3, 3], cnn_pools: [2, 2], lstm_hidden: 16,
+    lstm_layers: 1}
 data:
   init_args: {batch_size: 16}
 """
@@ -56,9 +57,14 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     again = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
     assert result.stat().st_mtime_ns == stamp and again[0]["accuracies"][0] == row["accuracies"][0]
 
-    # The same seed trained afresh (the YAML changed, so the run is not reused) gives the same
-    # accuracy.
-    tiny.write_text(TINY + "# edited\n")
-    fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
-    assert result.stat().st_mtime_ns != stamp
+    # The same seed trained afresh gives the same accuracy.
+    fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
     assert fresh[0]["accuracies"] == row["accuracies"][:1]
+
+    # Changed settings are retrained, not reused; a comment is not a change.
+    tiny.write_text(TINY + "# a comment\n")
+    accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert result.stat().st_mtime_ns == stamp
+    tiny.write_text(TINY.replace("max_epochs: 2", "max_epochs: 1"))
+    changed = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert result.stat().st_mtime_ns != stamp and changed[0]["epochs"] == 1

@@ -14,6 +14,7 @@ from speechcnn.model import ClassifierConfig, build_classifier
 REPO = Path(__file__).resolve().parents[1]
 TINY_NET = [
     "--model.net.n_mels=16", "--model.net.cnn_channels=[4, 8]", "--model.net.cnn_kernels=[3, 3]",
+    "--model.net.cnn_pools=[2, 2]",
     "--model.net.lstm_hidden=16", "--model.net.lstm_layers=1",
 ]  # fmt: skip
 
