@@ -197,8 +197,9 @@ def markdown_table(rows: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        name = r["name"] + (" (recipe default)" if r["config"] == DEFAULT_FROM else "")
         lines.append(
-            f"| {r['name']} | {r['parameters']:,} | {r['macs_per_second'] / 1e6:.1f} "
+            f"| {name} | {r['parameters']:,} | {r['macs_per_second'] / 1e6:.1f} "
             f"| {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} "
             f"| {100 * r['keyword_accuracy_mean']:.2f} | {r['epochs']} "
             f"| {r['train_minutes_mean']:.1f} |"
