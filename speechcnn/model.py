@@ -245,7 +245,8 @@ def multiply_accumulates(model: SpeechClassifier, seconds: float = 1.0) -> int:
     (batch norm folds into the convolution at inference).
     """
     feats = model.features
-    n_frames = feats.num_frames(round(seconds * feats.sample_rate))
+    num_samples = round(seconds * feats.sample_rate)
+    n_frames = feats.num_frames(num_samples)
     if n_frames <= 0:
         raise ValueError(f"{seconds} s is shorter than one analysis window")
     n_fft = feats.n_fft
@@ -272,7 +273,7 @@ def multiply_accumulates(model: SpeechClassifier, seconds: float = 1.0) -> int:
     try:
         model.eval()
         with torch.no_grad():
-            embeddings = model.embed(torch.zeros(1, round(seconds * feats.sample_rate)))
+            embeddings = model.embed(torch.zeros(1, num_samples))
             model.head(embeddings)
     finally:
         for hook in hooks:
