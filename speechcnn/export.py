@@ -6,7 +6,8 @@ Artefacts `speechcnn export MODEL --out-dir DIR` writes:
   torch.stft is a TorchScript op, so the graph holds the exact log-mel of training).
 - `model_features.onnx`: ONNX, features outside: (B, F, T) log-mel (what
   `LogMelFeatures` computes, before the input norm) -> (B, K) logits. The caller computes the
-  log-mel itself (25 ms Hann window, 10 ms hop, no centring, slaney mel, log(x + 1e-6)).
+  log-mel itself with the model's Hann window and hop as meta.json records them (25 ms and 20 ms
+  with the recipe's settings), no centring, slaney mel, log(x + 1e-6).
 - `model.onnx`: ONNX, features inside: (B, S) waveforms -> (B, K) logits. ONNX export of
   torch.stft fails on its complex output, so the graph computes the same STFT as a strided
   convolution with a windowed DFT basis (real and imaginary rows) - equal within float rounding.

@@ -7,7 +7,7 @@ Two ways to get a posterior track from a model trained on 1 s clips:
   training, and available for every head (any pooling, bidirectional too). The front end is
   frame-local, so frame embeddings are computed once for the whole recording and shared by
   the overlapping windows; only the LSTM head runs per window.
-- "stream": the exact streaming posteriors (`speechcnn.streaming`), one per 10 ms frame, with
+- "stream": the exact streaming posteriors (`speechcnn.streaming`), one per frame (every hop), with
   the LSTM state carried over the whole recording (cheapest, but a state never reset is
   further from the 1 s clips of training; streamable models only: unidirectional, "last").
 
