@@ -81,6 +81,27 @@ def test_batch_augment_shifts_and_adds_noise():
     assert torch.all(out[3, 600:] == 0)  # padding stays silent
 
 
+def test_speed_perturbation_scales_pitch_and_keeps_the_centre():
+    torch.manual_seed(0)
+    n, rate = 16000, 16000
+    t = torch.arange(n) / rate
+    tones = torch.sin(2 * torch.pi * 1000.0 * t).repeat(32, 1)  # (B, S)
+    augment = BatchAugment(shift_samples=0, noise_prob=0.0, speed=0.2)
+    out = augment(tones, torch.full((32,), n))
+    spectrum = torch.fft.rfft(out, dim=1).abs()  # (B, S/2+1), 1 Hz bins
+    freqs = spectrum.argmax(dim=1).float()  # each output is a tone at 1000 Hz x its rate
+    assert ((freqs >= 795) & (freqs <= 1205)).all()
+    assert freqs.max() - freqs.min() > 100  # rates differ between clips
+    # A click at the centre stays at the centre; samples past a clip's length stay zero.
+    click = torch.zeros(8, 1000)
+    click[:, 300] = 1.0
+    moved = augment(click, torch.full((8,), 601))
+    assert (moved.argmax(dim=1) - 300).abs().max() <= 1
+    assert torch.all(moved[:, 601:] == 0)
+    with pytest.raises(ValueError, match="speed"):
+        BatchAugment(speed=1.5)
+
+
 def test_missing_folder_says_how_to_get_data(tmp_path):
     data = SpeechCommandsDataModule(root=str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="speech_commands_v0.02.tar.gz"):

@@ -170,6 +170,8 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         time_shift_ms: maximum random time shift in training.
         noise_prob: probability of mixing background noise into a training clip.
         noise_volume: maximum background-noise gain in training.
+        speed_perturb: maximum relative speed change in training: each clip is played at a
+            rate drawn from [1 - speed_perturb, 1 + speed_perturb] (0: off).
         seed: seed of the unknown subsampling and the silence clips (and of the order of
             device-resident training batches).
         cache: decode every clip once into the waveform store (speechcnn.data.store) and
@@ -199,6 +201,7 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         time_shift_ms: float = 100.0,
         noise_prob: float = 0.8,
         noise_volume: float = 0.1,
+        speed_perturb: float = 0.0,
         seed: int = 0,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -237,6 +240,7 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
             shift_samples=round(sample_rate * time_shift_ms / 1000),
             noise_prob=noise_prob,
             noise_volume=noise_volume,
+            speed=speed_perturb,
         )
         self.clips: dict[str, ClipSet] = {}
         self._index: dict[str, list[tuple[str, str]]] | None = None
