@@ -11,7 +11,8 @@ pooling computes at a clip's final frame: at the last frame of a clip it equals 
 the offline logits.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: TorchScript needs the class-level attribute
+# annotations of FrameBatchPath and FrameStep as real types, not strings.
 
 import warnings
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ class FrameBatchPath(nn.Module):
     1-D convolutions over frequency, and batch norms are folded into fixed affine maps (their
     eval-mode form). Same function as the modules (within float rounding; the streaming tests
     check it), with a fraction of the per-call overhead that matters at 10-100 ms chunks.
+    TorchScript compiles it (see `FrameStep`). The weights are copies on the CPU, taken when
+    it is built.
 
     Args:
         model: the classifier (eval mode); its front end must be the `FrequencyCNN` layout
@@ -91,57 +94,72 @@ class FrameBatchPath(nn.Module):
         ValueError: the front end holds a module this path does not know.
     """
 
+    conv_weight: list[Tensor]
+    conv_bias: list[Tensor]
+    conv_stride: list[int]
+    conv_padding: list[int]
+    pool_size: list[int]
+    pool_stride: list[int]
+    program: list[tuple[str, int]]  # (operation, index into its settings)
+
     def __init__(self, model: SpeechClassifier) -> None:
         super().__init__()
         features: LogMelFeatures = model.features
         self.n_fft, self.hop = features.n_fft, features.hop_length
-        self.log_floor = features.log_floor
-        self.register_buffer("window", features.window.clone())
-        self.register_buffer("mel_fbanks", features.mel_fbanks.clone())  # (n_fft/2+1, F)
-        self.register_buffer("dct", None if features.dct is None else features.dct.clone())
+        self.log_floor = float(features.log_floor)
+        self.register_buffer("window", features.window.detach().cpu().clone())
+        # (n_fft/2+1, F)
+        self.register_buffer("mel_fbanks", features.mel_fbanks.detach().cpu().clone())
+        dct = features.dct
+        self.register_buffer("dct", None if dct is None else dct.detach().cpu().clone())
         scale, shift = _affine(model.input_norm, features.out_features)
-        self.register_buffer("norm_scale", scale)  # (F,)
-        self.register_buffer("norm_shift", shift)  # (F,)
-        self.steps: list[tuple[str, object]] = []
+        self.register_buffer("norm_scale", scale.cpu())  # (F,)
+        self.register_buffer("norm_shift", shift.cpu())  # (F,)
+        self.conv_weight, self.conv_bias, self.conv_stride, self.conv_padding = [], [], [], []
+        self.pool_size, self.pool_stride, self.program = [], [], []
+        self.activation = ""
         for i, block in enumerate(model.frontend.layers):
             for module in block:
-                self.steps.append(self._step(f"{i}", module))
-        # Fold each batch norm into the convolution before it (exact in eval mode).
-        folded: list[tuple[str, object]] = []
-        for kind, value in self.steps:
-            if kind == "bn" and folded and folded[-1][0] == "conv":
-                weight, bias, stride, padding = folded[-1][1]
-                scale, shift = value
-                bias = shift if bias is None else bias * scale + shift
-                folded[-1] = ("conv", (weight * scale[:, None, None], bias, stride, padding))
-            else:
-                folded.append((kind, value))
-        self.steps = folded
-        for j, (kind, value) in enumerate(self.steps):
-            if kind == "conv":  # buffers, so .to() and state moves carry them
-                self.register_buffer(f"conv{j}_weight", value[0].detach().clone())
-                bias = value[1] if value[1] is not None else torch.zeros(value[0].shape[0])
-                self.register_buffer(f"conv{j}_bias", bias.detach().clone())
+                self._add(f"{i}", module)
 
-    @staticmethod
-    def _step(name: str, module: nn.Module) -> tuple[str, object]:
+    def _add(self, name: str, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d) and module.kernel_size[1] == 1:
-            weight = module.weight.detach()[..., 0]  # (C_out, C_in, k, 1) -> (C_out, C_in, k)
-            bias = None if module.bias is None else module.bias.detach()
-            return "conv", (weight, bias, module.stride[0], module.padding[0])
-        if isinstance(module, nn.BatchNorm2d):
-            return "bn", _affine(module, module.num_features)
-        if isinstance(module, tuple(ACTIVATIONS.values())):
-            return "act", module
-        if isinstance(module, nn.MaxPool2d) and not module.ceil_mode and module.padding == 0:
-            size = module.kernel_size
-            stride = module.stride
-            size = size[0] if isinstance(size, tuple) else size
-            stride = stride[0] if isinstance(stride, tuple) else stride
-            return "pool", (size, stride)
-        if isinstance(module, nn.Dropout):
-            return "skip", None
-        raise ValueError(f"front-end layer {name} holds {type(module).__name__}, unknown here")
+            weight = module.weight.detach().cpu()[..., 0]  # (C_out, C_in, k, 1) -> (C_out, C_in, k)
+            bias = module.bias
+            bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().cpu()
+            self.program.append(("conv", len(self.conv_weight)))
+            self.conv_weight.append(weight.clone())
+            self.conv_bias.append(bias.clone())
+            self.conv_stride.append(module.stride[0])
+            self.conv_padding.append(module.padding[0])
+        elif isinstance(module, nn.BatchNorm2d) and self.program[-1:] == [
+            ("conv", len(self.conv_weight) - 1)
+        ]:
+            # Folded into the convolution before it (exact in eval mode).
+            scale, shift = _affine(module, module.num_features)
+            self.conv_weight[-1] = self.conv_weight[-1] * scale.cpu()[:, None, None]
+            self.conv_bias[-1] = self.conv_bias[-1] * scale.cpu() + shift.cpu()
+        elif type(module) in ACTIVATIONS.values():
+            kind = next(k for k, v in ACTIVATIONS.items() if v is type(module))
+            if self.activation not in ("", kind):
+                raise ValueError(f"front-end layer {name}: mixed activations are unknown here")
+            self.activation = kind
+            self.program.append(("act", 0))
+        elif (
+            isinstance(module, nn.MaxPool2d)
+            and not module.ceil_mode
+            and module.padding
+            in (
+                0,
+                (0, 0),
+            )
+        ):
+            size, stride = module.kernel_size, module.stride
+            self.program.append(("pool", len(self.pool_size)))
+            self.pool_size.append(size[0] if isinstance(size, tuple) else size)
+            self.pool_stride.append(stride[0] if isinstance(stride, tuple) else stride)
+        elif not isinstance(module, nn.Dropout):  # dropout is the identity in eval mode
+            raise ValueError(f"front-end layer {name} holds {type(module).__name__}, unknown here")
 
     def forward(self, span: Tensor) -> tuple[Tensor, Tensor]:
         """Features and embeddings of every whole frame of a span of samples.
@@ -156,18 +174,26 @@ class FrameBatchPath(nn.Module):
         spec = torch.fft.rfft(frames)  # (T, n_fft/2+1)
         power = spec.real.square() + spec.imag.square()
         features = torch.log(torch.matmul(power, self.mel_fbanks) + self.log_floor)  # (T, F)
-        if self.dct is not None:
-            features = torch.matmul(features, self.dct)  # (T, F) @ (F, n_mfcc)
+        dct = self.dct
+        if dct is not None:
+            features = torch.matmul(features, dct)  # (T, F) @ (F, n_mfcc)
         x = torch.addcmul(self.norm_shift, features, self.norm_scale).unsqueeze(1)  # (T, 1, F)
-        for j, (kind, value) in enumerate(self.steps):
-            if kind == "conv":
-                _, _, stride, padding = value
-                weight, bias = getattr(self, f"conv{j}_weight"), getattr(self, f"conv{j}_bias")
-                x = F.conv1d(x, weight, bias, stride, padding)  # (T, C, F')
-            elif kind == "act":
-                x = value(x)
-            elif kind == "pool":
-                x = F.max_pool1d(x, value[0], value[1])
+        for op, i in self.program:
+            if op == "conv":
+                weight, bias = self.conv_weight[i], self.conv_bias[i]
+                x = F.conv1d(
+                    x, weight, bias, self.conv_stride[i], self.conv_padding[i]
+                )  # (T, C, F')
+            elif op == "pool":
+                x = F.max_pool1d(x, self.pool_size[i], self.pool_stride[i])
+            elif self.activation == "relu":
+                x = torch.relu(x)
+            elif self.activation == "gelu":
+                x = F.gelu(x)
+            elif self.activation == "silu":
+                x = F.silu(x)
+            else:
+                x = F.elu(x)
         # (T, C', F') -> (T, C'*F'): the front end's (C', F') flattening order
         return features, x.flatten(1)
 
@@ -186,106 +212,135 @@ def _affine(norm: nn.Module, size: int) -> tuple[Tensor, Tensor]:
     return scale.detach(), shift.detach()
 
 
-def _lstm_steps(
-    x: Tensor, h: Tensor, c: Tensor, w_ih: list[Tensor], w_hh: list[Tensor], bias: list[Tensor]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A stacked unidirectional LSTM, step by step, with gates stored as (i, f, o, g).
+class FrameStep(nn.Module):
+    """One stream's whole per-chunk computation: samples -> features, posteriors, LSTM state.
+
+    `FrameBatchPath`, then the LSTM and the classifier on the CPU, in one TorchScript call
+    (`compiled`): at 10-20 ms chunks, the cost of a chunk is mostly the per-operation overhead
+    of the Python interpreter, not arithmetic. Chunks of up to `max_step_frames` frames run the
+    LSTM step by step with matrix-vector products (nn.LSTM's oneDNN kernel reorders its
+    weights on every call, which dwarfs one frame's work); longer chunks call the same fused
+    kernel as nn.LSTM. Both are the same recurrence: results differ by float rounding only.
 
     Args:
-        x: (T, D) inputs; h, c: (L, H) states; w_ih[l]: (D_l, 4H), w_hh[l]: (H, 4H) and
-            bias[l]: (4H,), the transposed nn.LSTM weights with the gate blocks reordered.
-
-    Returns:
-        (T, H) top-layer outputs and the new (L, H) h and c.
-    """
-    hidden = h.shape[1]
-    hs: list[Tensor] = []
-    cs: list[Tensor] = []
-    for layer in range(len(w_ih)):
-        gates_x = torch.addmm(bias[layer], x, w_ih[layer])  # (T, 4H), all steps at once
-        h_l = h[layer : layer + 1]  # (1, H)
-        c_l = c[layer : layer + 1]
-        outputs: list[Tensor] = []
-        for t in range(x.shape[0]):
-            gates = torch.addmm(gates_x[t : t + 1], h_l, w_hh[layer])  # (1, 4H)
-            ifo = torch.sigmoid(gates[:, : 3 * hidden])  # one call for the three sigmoid gates
-            c_l = torch.addcmul(
-                ifo[:, hidden : 2 * hidden] * c_l,
-                ifo[:, :hidden],
-                torch.tanh(gates[:, 3 * hidden :]),
-            )
-            h_l = ifo[:, 2 * hidden :] * torch.tanh(c_l)
-            outputs.append(h_l)
-        x = torch.cat(outputs, 0)  # (T, H), the next layer's input
-        hs.append(h_l)
-        cs.append(c_l)
-    return x, torch.cat(hs, 0), torch.cat(cs, 0)
-
-
-_SCRIPTED_STEPS: list = []
-
-
-def _scripted_lstm_steps() -> object:
-    """`_lstm_steps` compiled by TorchScript (less per-op overhead), or plain if that fails."""
-    if not _SCRIPTED_STEPS:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-                _SCRIPTED_STEPS.append(torch.jit.script(_lstm_steps))
-        except Exception:  # noqa: BLE001 (any compiler failure: the Python loop is the same math)
-            _SCRIPTED_STEPS.append(_lstm_steps)
-    return _SCRIPTED_STEPS[0]
-
-
-class StepLSTM:
-    """The model's float nn.LSTM for chunks of few frames, where nn.LSTM's fixed per-call cost
-    (oneDNN reorders the weights on every call) dwarfs the work; longer chunks use nn.LSTM.
-
-    Both are the same recurrence, so the choice changes results only by float rounding.
+        model: a float classifier in eval mode with a unidirectional `nn.LSTM` and a linear
+            classifier (see `usable`).
+        max_step_frames: longest chunk (in frames) run step by step.
     """
 
-    def __init__(self, lstm: nn.LSTM, max_frames: int = 4) -> None:
+    w_stacked: list[Tensor]
+    bias: list[Tensor]
+    lstm_weights: list[Tensor]
+
+    def __init__(self, model: SpeechClassifier, max_step_frames: int = 4) -> None:
+        super().__init__()
+        lstm, classifier = model.head.lstm, model.head.classifier
+
         def gate_order(w: Tensor) -> Tensor:
-            i, f, g, o = w.detach().chunk(4, 0)  # nn.LSTM's gate blocks
+            i, f, g, o = w.detach().cpu().chunk(4, 0)  # nn.LSTM's gate blocks
             return torch.cat([i, f, o, g], 0)
 
         layers = range(lstm.num_layers)
-        self.w_ih = [gate_order(getattr(lstm, f"weight_ih_l{k}")).T.contiguous() for k in layers]
-        self.w_hh = [gate_order(getattr(lstm, f"weight_hh_l{k}")).T.contiguous() for k in layers]
+        self.path = FrameBatchPath(model)
+        # Step form: the transposed input and hidden weights stacked, (D_l + H, 4H), with the
+        # gates reordered to (i, f, o, g) so that one sigmoid call covers three gates.
+        self.w_stacked = [
+            torch.cat(
+                [gate_order(getattr(lstm, f"weight_{kind}_l{k}")).T for kind in ("ih", "hh")]
+            ).contiguous()
+            for k in layers
+        ]
         self.bias = [
             gate_order(getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}"))
             if lstm.bias
             else torch.zeros(4 * lstm.hidden_size)
             for k in layers
         ]
-        self.lstm = lstm
-        self.max_frames = max_frames
-        self.steps = _scripted_lstm_steps()
+        self.lstm_weights = [w.detach().cpu().clone() for w in lstm._flat_weights]
+        self.lstm_bias = bool(lstm.bias)
+        self.num_layers = lstm.num_layers
+        self.hidden = lstm.hidden_size
+        self.max_step_frames = max_step_frames
+        self.register_buffer("classifier_weight", classifier.weight.detach().cpu().T.contiguous())
+        self.register_buffer("classifier_bias", classifier.bias.detach().cpu().clone())
 
     @staticmethod
-    def usable(lstm: nn.Module) -> bool:
-        """A plain float LSTM (not quantized, no projection, batch first, one direction)."""
+    def usable(model: SpeechClassifier) -> bool:
+        """A plain float LSTM (not quantized, no projection, batch first, one direction) and a
+        float linear classifier."""
+        lstm, classifier = model.head.lstm, model.head.classifier
         return (
             type(lstm) is nn.LSTM
             and not lstm.bidirectional
             and lstm.proj_size == 0
             and lstm.batch_first
             and lstm.weight_ih_l0.dtype == torch.float32
+            and type(classifier) is nn.Linear
+            and classifier.bias is not None
         )
 
-    def __call__(
-        self, x: Tensor, state: tuple[Tensor, Tensor] | None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """nn.LSTM's contract, one stream: (1, T, D), (h, c) of (L, 1, H) -> (1, T, H), (h, c)."""
-        if x.shape[1] > self.max_frames:
-            return self.lstm(x, state)
-        if state is None:
-            zeros = torch.zeros(self.lstm.num_layers, self.lstm.hidden_size)
-            h, c = zeros, zeros
+    def forward(self, span: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Features and posteriors of every whole frame of `span`, and the new LSTM state.
+
+        Args:
+            span: (S,) samples, S = (T - 1) * hop + n_fft.
+            h, c: (L, H) LSTM state before the span's first frame.
+
+        Returns:
+            (T, F) features, (T, K) posteriors, and the (L, H) h and c after the last frame.
+        """
+        features, x = self.path(span)  # (T, F), (T, D)
+        if x.shape[0] > self.max_step_frames:
+            # (T, D) -> (1, T, D), one batch-first sequence; state (L, H) -> (L, 1, H)
+            out = torch.lstm(
+                x.unsqueeze(0),
+                [h.unsqueeze(1), c.unsqueeze(1)],
+                self.lstm_weights,
+                self.lstm_bias,
+                self.num_layers,
+                0.0,
+                False,
+                False,
+                True,
+            )
+            x, h, c = out[0][0], out[1][:, 0], out[2][:, 0]  # (T, H), (L, H), (L, H)
         else:
-            h, c = state[0][:, 0], state[1][:, 0]  # (L, 1, H) -> (L, H)
-        out, h, c = self.steps(x[0], h, c, self.w_ih, self.w_hh, self.bias)
-        return out.unsqueeze(0), (h.unsqueeze(1), c.unsqueeze(1))  # (1, T, H); (L, 1, H)
+            x, h, c = self._steps(x, h, c)
+        posteriors = torch.addmm(self.classifier_bias, x, self.classifier_weight).softmax(-1)
+        return features, posteriors, h, c
+
+    def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The stacked LSTM frame by frame: (T, D), (L, H), (L, H) -> (T, H), (L, H), (L, H)."""
+        hidden = self.hidden
+        hs = list(h.split(1))  # L x (1, H)
+        cs = list(c.split(1))
+        outputs: list[Tensor] = []
+        for t in range(x.shape[0]):
+            inputs = x[t : t + 1]  # (1, D)
+            for layer in range(self.num_layers):
+                # [x_t, h_{t-1}] @ [W_ih; W_hh]: one matrix-vector product per layer and frame
+                stacked = torch.cat([inputs, hs[layer]], 1)  # (1, D_l + H)
+                gates = torch.addmm(self.bias[layer], stacked, self.w_stacked[layer])  # (1, 4H)
+                ifo = torch.sigmoid(gates[:, : 3 * hidden])  # the three sigmoid gates at once
+                cs[layer] = torch.addcmul(
+                    ifo[:, hidden : 2 * hidden] * cs[layer],
+                    ifo[:, :hidden],
+                    torch.tanh(gates[:, 3 * hidden :]),
+                )
+                hs[layer] = ifo[:, 2 * hidden :] * torch.tanh(cs[layer])
+                inputs = hs[layer]
+            outputs.append(inputs)
+        return torch.cat(outputs, 0), torch.cat(hs, 0), torch.cat(cs, 0)
+
+    def compiled(self) -> nn.Module:
+        """This module compiled by TorchScript, or itself where the compiler fails (the same
+        computation, with more interpreter overhead)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+                return torch.jit.script(self)
+        except Exception:  # noqa: BLE001 (any compiler failure: eager is the same math)
+            return self
 
 
 @dataclass
@@ -331,15 +386,20 @@ class Streamer:
         self.hop: int = features.hop_length
         self.max_frames_per_step = max_frames_per_step
         self.num_classes: int = model.head.classifier.out_features
-        self._path = FrameBatchPath(model)
-        lstm = model.head.lstm
-        self._lstm = StepLSTM(lstm) if StepLSTM.usable(lstm) else lstm
+        self._no_features = torch.zeros(features.out_features, 0)  # (F, 0)
+        self._no_posteriors = torch.zeros(0, self.num_classes)  # (0, K)
+        # Float models run whole chunks in one compiled call; others (int8) run the front end
+        # path, then their own LSTM and classifier modules.
+        self._step = FrameStep(model).compiled() if FrameStep.usable(model) else None
+        self._path = None if self._step is not None else FrameBatchPath(model)
         self.reset()
 
     def reset(self) -> None:
         """Forget the stream: no pending samples, zero LSTM state, frame count 0."""
         self._pending = torch.zeros(0)
-        self._state: tuple[Tensor, Tensor] | None = None
+        lstm = self.model.head.lstm
+        zeros = torch.zeros(lstm.num_layers, lstm.hidden_size)
+        self._state: tuple[Tensor, Tensor] = (zeros, zeros)  # (h, c), each (L, H)
         self.frames_done = 0
         self.samples_seen = 0
 
@@ -366,6 +426,9 @@ class Streamer:
             0 if pending.shape[0] < self.n_fft else (pending.shape[0] - self.n_fft) // self.hop + 1
         )
         first = self.frames_done
+        if n_frames == 0:  # most 10 ms chunks of a 20 ms hop: keep the samples, emit nothing
+            self._pending = pending
+            return StreamStep(self._no_features, self._no_posteriors, first)
         feats, posts = [], []
         start = 0
         while n_frames > 0:
@@ -380,16 +443,22 @@ class Streamer:
         # Keep everything from the next frame's first sample on: the STFT overlap, and any
         # samples that did not yet fill a frame. clone() so the chunk's storage can be freed.
         self._pending = pending[start:].clone()
-        if not feats:
-            n_feat = self.model.features.out_features
-            return StreamStep(torch.zeros(n_feat, 0), torch.zeros(0, self.num_classes), first)
+        if len(feats) == 1:
+            return StreamStep(feats[0], posts[0], first)
         return StreamStep(torch.cat(feats, dim=1), torch.cat(posts, dim=0), first)
 
     def _frames(self, span: Tensor) -> tuple[Tensor, Tensor]:
         """Features (F, T) and posteriors (T, K) of the frames that `span` (S,) holds exactly."""
+        if self._step is not None:
+            features, posteriors, h, c = self._step(span, *self._state)  # (T, F), (T, K)
+            self._state = (h, c)
+            return features.T, posteriors  # (T, F) -> (F, T)
         head = self.model.head
         features, embedded = self._path(span)  # (T, F), (T, D)
-        outputs, self._state = self._lstm(embedded.unsqueeze(0), self._state)  # (1, T, H)
+        # (T, D) -> (1, T, D); state (L, H) -> (L, 1, H), nn.LSTM's layout
+        state = (self._state[0].unsqueeze(1), self._state[1].unsqueeze(1))
+        outputs, (h, c) = head.lstm(embedded.unsqueeze(0), state)  # (1, T, H)
+        self._state = (h[:, 0], c[:, 0])
         posteriors = head.classifier(outputs[0]).softmax(dim=-1)  # (T, K)
         return features.T, posteriors  # (T, F) -> (F, T)
 
@@ -414,9 +483,9 @@ def stream_posteriors(
 
 __all__ = [
     "FrameBatchPath",
+    "FrameStep",
     "NotStreamableError",
     "StreamStep",
-    "StepLSTM",
     "Streamer",
     "check_streamable",
     "offline_posteriors",

@@ -174,15 +174,14 @@ def test_bad_arguments():
         stream_posteriors(tiny_model(), torch.zeros(100), chunk_samples=-1)
 
 
-def test_step_lstm_serves_short_chunks_and_int8_models_stream():
+def test_float_models_stream_compiled_and_int8_models_stream():
     from speechcnn.export import quantize_int8
-    from speechcnn.streaming import StepLSTM
 
     model = tiny_model(seed=5)
-    assert isinstance(Streamer(model)._lstm, StepLSTM)
+    assert isinstance(Streamer(model)._step, torch.jit.ScriptModule)
     quantized = quantize_int8(model)
     streamer = Streamer(quantized)
-    assert not isinstance(streamer._lstm, StepLSTM)
+    assert streamer._step is None
     wave = recording(0.5, seed=8)
     posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
     # int8 activations are quantized per call, so chunked int8 is close to, not equal to,
