@@ -3,8 +3,9 @@
 - latency: one 1 s clip, median over --repeats calls;
 - throughput: clips per second in batches of --batch;
 - streaming: a --stream-s recording pushed through `speechcnn.streaming.Streamer` in chunks of
-  each of --chunk-ms (10 ms: one frame per call; 100 ms; 1 s): cost per 10 ms of audio and
-  real-time factor (processing time / audio duration; below 1 keeps up with live audio).
+  each of --chunk-ms (10 ms; 20 ms, one frame per call at a 20 ms hop; 100 ms; 1 s): cost per
+  10 ms of audio and real-time factor (processing time / audio duration; below 1 keeps up
+  with live audio).
 
 The machine's 1-minute load average is part of the line: on a shared CPU, other processes'
 load inflates every wall-clock figure; the streaming `cpu_rtf` (CPU seconds of this process per
@@ -116,7 +117,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--stream-s", type=float, default=30.0)
     parser.add_argument(
-        "--chunk-ms", default="10,100,1000", help="comma-separated streaming chunk sizes"
+        "--chunk-ms", default="10,20,100,1000", help="comma-separated streaming chunk sizes"
     )
     args = parser.parse_args()
     chunk_sizes = [float(c) for c in args.chunk_ms.split(",")]

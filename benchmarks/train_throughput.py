@@ -107,8 +107,10 @@ def make_dataset(root: Path, clips: int, workers: int) -> Path:
     for i in range(2):
         _write_wav(noise / f"noise{i}.wav", 0.1 * rng.standard_normal(SAMPLE_RATE * 60))
     # A handful of clips for validation and testing: the benchmark trains on the rest.
-    (root / "validation_list.txt").write_text("\n".join(names[:: len(names) // 20]) + "\n")
-    (root / "testing_list.txt").write_text("\n".join(names[1 :: len(names) // 20]) + "\n")
+    # (about 20 clips each; at most a twentieth of a small set).
+    step = max(20, len(names) // 20)
+    (root / "validation_list.txt").write_text("\n".join(names[::step]) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(names[1::step]) + "\n")
     done.write_text(str(per_class))
     return root
 
@@ -126,8 +128,20 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def recipe(path: Path) -> tuple[dict, ClassifierConfig, dict]:
+def _merge(base: dict, layer: dict) -> dict:
+    """`layer` deep-merged over `base` (the way recipe configs stack)."""
+    out = dict(base)
+    for key, value in layer.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both_dicts else value
+    return out
+
+
+def recipe(path: Path, layers: list[Path] = ()) -> tuple[dict, ClassifierConfig, dict]:
+    """Model, architecture and data settings of a recipe config with `layers` stacked on it."""
     config = yaml.safe_load(path.read_text())
+    for layer in layers:
+        config = _merge(config, yaml.safe_load(layer.read_text()) or {})
     model = dict(config["model"])
     net = {k: tuple(v) if isinstance(v, list) else v for k, v in model.pop("net").items()}
     return model, ClassifierConfig(**net), dict(config["data"]["init_args"])
@@ -453,6 +467,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clips", type=int, default=1200, help="training clips to generate")
     parser.add_argument("--data", type=Path, default=None, help="folder of the generated data")
     parser.add_argument("--config", type=Path, default=REPO / "recipes" / "speech_commands.yaml")
+    parser.add_argument(
+        "--layer",
+        type=Path,
+        action="append",
+        default=[],
+        help="YAML stacked on --config, e.g. recipes/presets/small.yaml (repeatable)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, else 32")
     parser.add_argument("--workers", default="2,8,all", help="tutorial DataLoader workers")
@@ -479,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     cores = os.cpu_count() or 1
-    model_args, net, data_args = recipe(args.config)
+    model_args, net, data_args = recipe(args.config, args.layer)
     batch = args.batch_size or data_args.get("batch_size", 64)
     root = args.data or Path("/tmp") / "speechcnn_bench" / f"sc_{args.clips}"
     skip = set(filter(None, args.skip.split(",")))
@@ -511,6 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "config": [str(path) for path in [args.config, *args.layer]],
+        "parameters": sum(p.numel() for p in build_classifier(net, 12).parameters()),
         "clips": n_train,
         "batch_size": batch,
         "precision": precision,
