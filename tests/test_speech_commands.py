@@ -102,6 +102,17 @@ def test_speed_perturbation_scales_pitch_and_keeps_the_centre():
         BatchAugment(speed=1.5)
 
 
+def test_gain_scales_each_clip_within_its_range():
+    torch.manual_seed(0)
+    clips = torch.full((64, 100), 0.01)
+    out = BatchAugment(shift_samples=0, noise_prob=0.0, gain_db=12.0)(clips, torch.full((64,), 100))
+    db = 20 * torch.log10(out[:, 0] / 0.01)  # one gain per clip, the same for all its samples
+    assert torch.allclose(out, out[:, :1].expand_as(out))
+    assert db.min() >= -12.001 and db.max() <= 12.001 and db.max() - db.min() > 12
+    with pytest.raises(ValueError, match="gain_db"):
+        BatchAugment(gain_db=-1.0)
+
+
 def test_missing_folder_says_how_to_get_data(tmp_path):
     data = SpeechCommandsDataModule(root=str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="speech_commands_v0.02.tar.gz"):

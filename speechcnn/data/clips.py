@@ -125,8 +125,8 @@ def to_float(waveforms: Tensor) -> Tensor:
 
 
 class BatchAugment(nn.Module):
-    """Random speed change, time shift and background-noise mixing, for a whole batch on its
-    device.
+    """Random speed change, time shift, gain and background-noise mixing, for a whole batch on
+    its device.
 
     Args:
         noise: 1-D float tensor of background noise recordings, concatenated (may be empty).
@@ -136,6 +136,9 @@ class BatchAugment(nn.Module):
         speed: each clip is played at a rate drawn uniformly from [1 - speed, 1 + speed]
             (0: off), which scales its duration by 1/rate and its pitch and formants by rate,
             as sox's `speed` does: another speaker's voice, said faster or slower.
+        gain_db: each clip's level is changed by a gain drawn uniformly from
+            [-gain_db, gain_db] dB before noise is mixed in (0: off): a log-mel shifts by a
+            constant with the level, which the model should not depend on.
     """
 
     def __init__(
@@ -145,10 +148,13 @@ class BatchAugment(nn.Module):
         noise_prob: float = 0.8,
         noise_volume: float = 0.1,
         speed: float = 0.0,
+        gain_db: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= speed < 1.0:
             raise ValueError(f"speed must be in [0, 1), got {speed}")
+        if gain_db < 0:
+            raise ValueError(f"gain_db must be >= 0, got {gain_db}")
         if shift_samples < 0:
             raise ValueError(f"shift_samples must be >= 0, got {shift_samples}")
         if not 0.0 <= noise_prob <= 1.0:
@@ -161,6 +167,7 @@ class BatchAugment(nn.Module):
         self.noise_prob = noise_prob
         self.noise_volume = noise_volume
         self.speed = speed
+        self.gain_db = gain_db
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
         """Augment a batch.
@@ -185,6 +192,9 @@ class BatchAugment(nn.Module):
             source = positions - shift  # (B, S): output sample s reads input sample s - shift
             inside = (source >= 0) & (source < lengths[:, None])
             waveforms = torch.gather(waveforms, 1, source.clamp(0, n - 1)) * inside
+        if self.gain_db > 0:
+            db = self.gain_db * (2.0 * torch.rand(batch, 1, device=device) - 1.0)  # (B, 1)
+            waveforms = (waveforms * 10.0 ** (db / 20.0)).clamp(-1.0, 1.0)
         if self.noise.numel() > n and self.noise_prob > 0 and self.noise_volume > 0:
             start = torch.randint(0, self.noise.numel() - n, (batch, 1), device=device)
             noise = self.noise[start + positions]  # (B, S)

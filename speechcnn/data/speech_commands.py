@@ -172,6 +172,7 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         noise_volume: maximum background-noise gain in training.
         speed_perturb: maximum relative speed change in training: each clip is played at a
             rate drawn from [1 - speed_perturb, 1 + speed_perturb] (0: off).
+        gain_db: maximum level change of a training clip in dB, before noise (0: off).
         seed: seed of the unknown subsampling and the silence clips (and of the order of
             device-resident training batches).
         cache: decode every clip once into the waveform store (speechcnn.data.store) and
@@ -202,6 +203,7 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         noise_prob: float = 0.8,
         noise_volume: float = 0.1,
         speed_perturb: float = 0.0,
+        gain_db: float = 0.0,
         seed: int = 0,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -241,6 +243,7 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
             noise_prob=noise_prob,
             noise_volume=noise_volume,
             speed=speed_perturb,
+            gain_db=gain_db,
         )
         self.clips: dict[str, ClipSet] = {}
         self._index: dict[str, list[tuple[str, str]]] | None = None
