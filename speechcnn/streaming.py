@@ -172,7 +172,7 @@ class FrameBatchPath(nn.Module):
         """
         frames = span.unfold(0, self.n_fft, self.hop) * self.window  # (T, n_fft)
         spec = torch.fft.rfft(frames)  # (T, n_fft/2+1)
-        power = spec.real.square() + spec.imag.square()
+        power = torch.view_as_real(spec).square().sum(-1)  # re^2 + im^2, (T, n_fft/2+1)
         features = torch.log(torch.matmul(power, self.mel_fbanks) + self.log_floor)  # (T, F)
         dct = self.dct
         if dct is not None:
@@ -312,8 +312,8 @@ class FrameStep(nn.Module):
     def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The stacked LSTM frame by frame: (T, D), (L, H), (L, H) -> (T, H), (L, H), (L, H)."""
         hidden = self.hidden
-        hs = list(h.split(1))  # L x (1, H)
-        cs = list(c.split(1))
+        hs = [h[layer : layer + 1] for layer in range(self.num_layers)]  # L x (1, H)
+        cs = [c[layer : layer + 1] for layer in range(self.num_layers)]
         outputs: list[Tensor] = []
         for t in range(x.shape[0]):
             inputs = x[t : t + 1]  # (1, D)
