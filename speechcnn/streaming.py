@@ -198,6 +198,17 @@ class FrameBatchPath(nn.Module):
         return features, x.flatten(1)
 
 
+def compiled(module: nn.Module) -> nn.Module:
+    """`module` compiled by TorchScript, or `module` itself where the compiler fails (the same
+    computation, with more interpreter overhead)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            return torch.jit.script(module)
+    except Exception:  # noqa: BLE001 (any compiler failure: eager is the same math)
+        return module
+
+
 def _affine(norm: nn.Module, size: int) -> tuple[Tensor, Tensor]:
     """(scale, shift) of an eval-mode batch norm (or identity) as fixed per-channel vectors."""
     if isinstance(norm, nn.Identity):
@@ -332,16 +343,6 @@ class FrameStep(nn.Module):
             outputs.append(inputs)
         return torch.cat(outputs, 0), torch.cat(hs, 0), torch.cat(cs, 0)
 
-    def compiled(self) -> nn.Module:
-        """This module compiled by TorchScript, or itself where the compiler fails (the same
-        computation, with more interpreter overhead)."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-                return torch.jit.script(self)
-        except Exception:  # noqa: BLE001 (any compiler failure: eager is the same math)
-            return self
-
 
 @dataclass
 class StreamStep:
@@ -388,10 +389,10 @@ class Streamer:
         self.num_classes: int = model.head.classifier.out_features
         self._no_features = torch.zeros(features.out_features, 0)  # (F, 0)
         self._no_posteriors = torch.zeros(0, self.num_classes)  # (0, K)
-        # Float models run whole chunks in one compiled call; others (int8) run the front end
-        # path, then their own LSTM and classifier modules.
-        self._step = FrameStep(model).compiled() if FrameStep.usable(model) else None
-        self._path = None if self._step is not None else FrameBatchPath(model)
+        # Float models run whole chunks in one compiled call; others (int8) run the compiled
+        # front-end path, then their own LSTM and classifier modules.
+        self._step = compiled(FrameStep(model)) if FrameStep.usable(model) else None
+        self._path = None if self._step is not None else compiled(FrameBatchPath(model))
         self.reset()
 
     def reset(self) -> None:

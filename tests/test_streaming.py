@@ -181,7 +181,7 @@ def test_float_models_stream_compiled_and_int8_models_stream():
     assert isinstance(Streamer(model)._step, torch.jit.ScriptModule)
     quantized = quantize_int8(model)
     streamer = Streamer(quantized)
-    assert streamer._step is None
+    assert streamer._step is None and isinstance(streamer._path, torch.jit.ScriptModule)
     wave = recording(0.5, seed=8)
     posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
     # int8 activations are quantized per call, so chunked int8 is close to, not equal to,
