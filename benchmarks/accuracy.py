@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
+from speechcnn.recipe import stacked_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -74,19 +74,7 @@ def config_files(config: str) -> list[Path]:
 def merged_config(config: str) -> dict:
     """The recipe's YAML with the configuration's layers merged in, as LightningCLI merges
     repeated --config files (later keys win, nested sections key by key)."""
-
-    def merge(into: dict, layer: dict) -> dict:
-        for key, value in layer.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-        return into
-
-    merged: dict = {}
-    for f in [RECIPES / "speech_commands.yaml", *config_files(config)]:
-        merge(merged, yaml.safe_load(f.read_text()) or {})
-    return merged
+    return stacked_config([RECIPES / "speech_commands.yaml", *config_files(config)])
 
 
 def fingerprint(config: str, data_root: Path) -> str:

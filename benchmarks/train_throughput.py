@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -48,6 +47,7 @@ from speechcnn.data.clips import BatchAugment, to_float  # noqa: E402
 from speechcnn.data.speech_commands import KEYWORDS, SpeechCommandsDataModule  # noqa: E402
 from speechcnn.features import LogMelFeatures  # noqa: E402
 from speechcnn.model import ClassifierConfig, build_classifier  # noqa: E402
+from speechcnn.recipe import stacked_config  # noqa: E402
 from speechcnn.training import SpeechClassifierModule  # noqa: E402
 
 FULL_EPOCH = 84_843  # Speech Commands v0.02 training clips
@@ -128,20 +128,9 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def _merge(base: dict, layer: dict) -> dict:
-    """`layer` deep-merged over `base` (the way recipe configs stack)."""
-    out = dict(base)
-    for key, value in layer.items():
-        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both_dicts else value
-    return out
-
-
 def recipe(path: Path, layers: list[Path] = ()) -> tuple[dict, ClassifierConfig, dict]:
     """Model, architecture and data settings of a recipe config with `layers` stacked on it."""
-    config = yaml.safe_load(path.read_text())
-    for layer in layers:
-        config = _merge(config, yaml.safe_load(layer.read_text()) or {})
+    config = stacked_config([path, *layers])
     model = dict(config["model"])
     net = {k: tuple(v) if isinstance(v, list) else v for k, v in model.pop("net").items()}
     return model, ClassifierConfig(**net), dict(config["data"]["init_args"])

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import yaml
 
 from speechcnn.cli import SpeechCNNCLI
 from speechcnn.report import classification_report, plot_confusion
@@ -25,6 +26,24 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.seconds.append(time.perf_counter() - self._start)
+
+
+def stacked_config(paths: list[Path]) -> dict:
+    """YAML configs merged in order, as LightningCLI merges repeated --config files: later keys
+    win, nested sections merge key by key."""
+
+    def merge(into: dict, layer: dict) -> dict:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+        return into
+
+    merged: dict = {}
+    for path in paths:
+        merge(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return merged
 
 
 def run_recipe(config: str | Path, argv: list[str]) -> dict:
