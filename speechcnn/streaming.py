@@ -148,11 +148,7 @@ class FrameBatchPath(nn.Module):
         elif (
             isinstance(module, nn.MaxPool2d)
             and not module.ceil_mode
-            and module.padding
-            in (
-                0,
-                (0, 0),
-            )
+            and module.padding in (0, (0, 0))
         ):
             size, stride = module.kernel_size, module.stride
             self.program.append(("pool", len(self.pool_size)))
