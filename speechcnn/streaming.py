@@ -75,14 +75,21 @@ def offline_posteriors(model: SpeechClassifier, waveforms: Tensor) -> Tensor:
     return model.head.classifier(outputs).softmax(dim=-1)  # (B, T, K)
 
 
+# Largest (F, F' * C') matrix (in elements) for which FrameBatchPath runs the input norm and the
+# first convolution as one matrix product: 40 mel bins into 32 channels take 51,200.
+MAX_DENSE_FIRST_LAYER = 131072
+
+
 class FrameBatchPath(nn.Module):
     """The features, input norm and front end of an eval-mode model, with frames as the batch.
 
     Every stage is frame-local, so the T frames of a chunk can be a batch of T one-frame
-    inputs: the STFT is an rfft of (T, n_fft) windowed frames, the (k, 1) convolutions become
-    1-D convolutions over frequency, and batch norms are folded into fixed affine maps (their
-    eval-mode form). Same function as the modules (within float rounding; the streaming tests
-    check it), with a fraction of the per-call overhead that matters at 10-100 ms chunks.
+    inputs: the STFT is an rfft of (T, n_fft) windowed frames, and batch norms are folded into
+    fixed affine maps (their eval-mode form). Each (k, 1) convolution is one matrix product
+    over the frequency windows of all T frames (im2col, in a (T, F, C) layout): for a frame or
+    a few, PyTorch's convolution picks an unblocked kernel that costs several times more.
+    Same function as the modules (within float rounding; the streaming tests check it), with a
+    fraction of the per-call overhead that matters at 10-100 ms chunks.
     TorchScript compiles it (see `FrameStep`). The weights are copies on the CPU, taken when
     it is built.
 
@@ -94,8 +101,9 @@ class FrameBatchPath(nn.Module):
         ValueError: the front end holds a module this path does not know.
     """
 
-    conv_weight: list[Tensor]
+    conv_weight: list[Tensor]  # (C_in * k, C_out) each, once built
     conv_bias: list[Tensor]
+    conv_kernel: list[int]
     conv_stride: list[int]
     conv_padding: list[int]
     pool_size: list[int]
@@ -108,19 +116,40 @@ class FrameBatchPath(nn.Module):
         self.n_fft, self.hop = features.n_fft, features.hop_length
         self.log_floor = float(features.log_floor)
         self.register_buffer("window", features.window.detach().cpu().clone())
-        # (n_fft/2+1, F)
-        self.register_buffer("mel_fbanks", features.mel_fbanks.detach().cpu().clone())
+        # (n_fft/2+1, F) -> (2 (n_fft/2+1), F), each row twice: the filterbank applied to
+        # interleaved (re^2, im^2) pairs sums them into the power without a separate op
+        fbanks = features.mel_fbanks.detach().cpu().repeat_interleave(2, dim=0)
+        self.register_buffer("mel_fbanks_re_im", fbanks)
         dct = features.dct
         self.register_buffer("dct", None if dct is None else dct.detach().cpu().clone())
         scale, shift = _affine(model.input_norm, features.out_features)
         self.register_buffer("norm_scale", scale.cpu())  # (F,)
         self.register_buffer("norm_shift", shift.cpu())  # (F,)
-        self.conv_weight, self.conv_bias, self.conv_stride, self.conv_padding = [], [], [], []
+        self.conv_weight, self.conv_bias, self.conv_kernel = [], [], []
+        self.conv_stride, self.conv_padding = [], []
         self.pool_size, self.pool_stride, self.program = [], [], []
         self.activation = ""
         for i, block in enumerate(model.frontend.layers):
             for module in block:
                 self._add(f"{i}", module)
+        # (C_out, C_in, k) -> (C_in, k, C_out) -> (C_in * k, C_out): rows in the order of a
+        # frequency window's (C_in, k) values, as `forward` lays them out
+        self.conv_weight = [w.permute(1, 2, 0).reshape(-1, w.shape[0]) for w in self.conv_weight]
+        # A first convolution right after the input norm is an affine map of the features,
+        # (F,) -> (F' * C'): when small, one dense (F, F' * C') matrix is cheaper than the
+        # norm, padding and windows it replaces (their per-operation overhead dominates).
+        n_freq = features.out_features
+        self.first_dense = self.program[:1] == [("conv", 0)] and (
+            n_freq * self.conv_bias[0].shape[0] * n_freq <= MAX_DENSE_FIRST_LAYER
+        )
+        self.register_buffer("first_matrix", torch.zeros(0, 0))
+        self.register_buffer("first_bias", torch.zeros(0))
+        if self.first_dense:
+            normed_basis = torch.diag(self.norm_scale).unsqueeze(2)  # (F, F, 1): scale_f e_f
+            linear = self._conv(normed_basis, 0) - self.conv_bias[0]  # (F, F', C')
+            self.first_matrix = linear.flatten(1)  # (F, F', C') -> (F, F' * C')
+            offset = self._conv(self.norm_shift[None, :, None], 0)  # (1, F', C')
+            self.first_bias = offset.flatten()  # (1, F', C') -> (F' * C',)
 
     def _add(self, name: str, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d) and module.kernel_size[1] == 1:
@@ -130,6 +159,7 @@ class FrameBatchPath(nn.Module):
             self.program.append(("conv", len(self.conv_weight)))
             self.conv_weight.append(weight.clone())
             self.conv_bias.append(bias.clone())
+            self.conv_kernel.append(module.kernel_size[0])
             self.conv_stride.append(module.stride[0])
             self.conv_padding.append(module.padding[0])
         elif isinstance(module, nn.BatchNorm2d) and self.program[-1:] == [
@@ -168,20 +198,26 @@ class FrameBatchPath(nn.Module):
         """
         frames = span.unfold(0, self.n_fft, self.hop) * self.window  # (T, n_fft)
         spec = torch.fft.rfft(frames)  # (T, n_fft/2+1)
-        power = torch.view_as_real(spec).square().sum(-1)  # re^2 + im^2, (T, n_fft/2+1)
-        features = torch.log(torch.matmul(power, self.mel_fbanks) + self.log_floor)  # (T, F)
+        # (T, n_fft/2+1) complex -> (T, n_fft/2+1, 2) -> (T, 2 (n_fft/2+1)): re^2, im^2 pairs
+        squares = torch.view_as_real(spec).square().flatten(1)
+        features = torch.log(torch.matmul(squares, self.mel_fbanks_re_im) + self.log_floor)
         dct = self.dct
         if dct is not None:
             features = torch.matmul(features, dct)  # (T, F) @ (F, n_mfcc)
-        x = torch.addcmul(self.norm_shift, features, self.norm_scale).unsqueeze(1)  # (T, 1, F)
-        for op, i in self.program:
+        if self.first_dense:
+            # the input norm and the first convolution in one product (see __init__)
+            x = torch.addmm(self.first_bias, features, self.first_matrix)  # (T, F' * C')
+            x = x.view(x.shape[0], -1, self.conv_bias[0].shape[0])  # (T, F'*C') -> (T, F', C')
+            program = self.program[1:]
+        else:
+            x = torch.addcmul(self.norm_shift, features, self.norm_scale).unsqueeze(2)  # (T, F, 1)
+            program = self.program
+        for op, i in program:
             if op == "conv":
-                weight, bias = self.conv_weight[i], self.conv_bias[i]
-                x = F.conv1d(
-                    x, weight, bias, self.conv_stride[i], self.conv_padding[i]
-                )  # (T, C, F')
+                x = self._conv(x, i)
             elif op == "pool":
-                x = F.max_pool1d(x, self.pool_size[i], self.pool_stride[i])
+                # (T, F', C) -> windows (T, F'', C, p) -> (T, F'', C)
+                x = x.unfold(1, self.pool_size[i], self.pool_stride[i]).amax(-1)
             elif self.activation == "relu":
                 x = torch.relu(x)
             elif self.activation == "gelu":
@@ -190,8 +226,18 @@ class FrameBatchPath(nn.Module):
                 x = F.silu(x)
             else:
                 x = F.elu(x)
-        # (T, C', F') -> (T, C'*F'): the front end's (C', F') flattening order
-        return features, x.flatten(1)
+        # (T, F', C') -> (T, C', F') -> (T, C'*F'): the front end's (C', F') flattening order
+        return features, x.transpose(1, 2).flatten(1)
+
+    def _conv(self, x: Tensor, i: int) -> Tensor:
+        """Convolution `i` of the front end over frequency: (T, F, C) -> (T, F', C')."""
+        pad = self.conv_padding[i]
+        # (T, F, C) -> (T, F + 2 pad, C) -> windows (T, F', C, k) -> (T * F', C * k)
+        windows = F.pad(x, (0, 0, pad, pad)).unfold(1, self.conv_kernel[i], self.conv_stride[i])
+        n_frames, n_freq = windows.shape[0], windows.shape[1]
+        windows = windows.reshape(n_frames * n_freq, -1)
+        x = torch.addmm(self.conv_bias[i], windows, self.conv_weight[i])
+        return x.view(n_frames, n_freq, -1)  # (T * F', C') -> (T, F', C')
 
 
 def compiled(module: nn.Module) -> nn.Module:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from speechcnn import streaming
 from speechcnn.model import ClassifierConfig, build_classifier
 from speechcnn.streaming import (
     NotStreamableError,
@@ -102,6 +103,17 @@ def test_other_configurations_stream_exactly(overrides):
     with torch.no_grad():
         ref_feats = model.features(wave[None])[0]
     assert (feats - ref_feats).abs().max() <= TOL
+    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("max_dense", [0, 10**9])
+def test_first_convolution_windowed_or_dense_streams_exactly(monkeypatch, max_dense):
+    # The input norm and first convolution run as one dense matrix when it is small enough.
+    monkeypatch.setattr(streaming, "MAX_DENSE_FIRST_LAYER", max_dense)
+    model = tiny_model(seed=5)
+    assert streaming.FrameBatchPath(model).first_dense == (max_dense > 0)
+    wave = recording(0.3, seed=8)
+    _, posts, _ = run_chunked(model, wave, random_chunks(len(wave), np.random.default_rng(9), 700))
     assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
 
 
