@@ -29,6 +29,10 @@ class LogMelFeatures(nn.Module):
         freq_mask_width: maximum width of each frequency mask, in bins.
         time_masks: number of SpecAugment time masks applied in training.
         time_mask_width: maximum width of each time mask, in frames.
+        freq_warp: in training, each clip's spectrum is stretched along frequency by a
+            factor drawn from [1 - freq_warp, 1 + freq_warp] before the mel filterbank
+            (vocal tract length perturbation: the formants of a longer or shorter vocal
+            tract, pitch and timing unchanged). 0 turns it off.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class LogMelFeatures(nn.Module):
         freq_mask_width: int = 0,
         time_masks: int = 0,
         time_mask_width: int = 0,
+        freq_warp: float = 0.0,
     ) -> None:
         super().__init__()
         if sample_rate <= 0:
@@ -70,6 +75,8 @@ class LogMelFeatures(nn.Module):
         ]:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 <= freq_warp < 1.0:
+            raise ValueError(f"freq_warp must be in [0, 1), got {freq_warp}")
 
         self.sample_rate = sample_rate
         self.n_fft = round(sample_rate * win_ms / 1000)
@@ -79,6 +86,7 @@ class LogMelFeatures(nn.Module):
         self.out_features = n_mfcc if n_mfcc is not None else n_mels
         self.freq_masks, self.freq_mask_width = freq_masks, freq_mask_width
         self.time_masks, self.time_mask_width = time_masks, time_mask_width
+        self.freq_warp = freq_warp
 
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         fb = torchaudio.functional.melscale_fbanks(
@@ -134,8 +142,34 @@ class LogMelFeatures(nn.Module):
                 return_complex=True,
             )  # (B, n_fft/2+1, T)
             power = spec.real.square() + spec.imag.square()
+            if self.training and self.freq_warp > 0:
+                power = self.warp_frequency(power)
             # (B, n_fft/2+1, T) -> (B, T, n_fft/2+1) @ (n_fft/2+1, F) -> (B, F, T)
             return torch.matmul(power.transpose(1, 2), self.mel_fbanks).transpose(1, 2)
+
+    def warp_frequency(self, power: Tensor) -> Tensor:
+        """Stretch each clip's spectrum along frequency by its own random factor.
+
+        Bin k of the output takes the (linearly interpolated) power at bin k * alpha of the
+        input, alpha drawn per clip from [1 - freq_warp, 1 + freq_warp]: alpha > 1 moves
+        formants down, as a longer vocal tract would. Bins past Nyquist repeat the last bin.
+
+        Args:
+            power: (B, N, T) power spectrogram, N = n_fft / 2 + 1.
+
+        Returns:
+            (B, N, T) warped power spectrogram.
+        """
+        batch, n_bins, n_frames = power.shape
+        alpha = 1 + self.freq_warp * (2 * torch.rand(batch, 1, device=power.device) - 1)
+        bins = torch.arange(n_bins, device=power.device, dtype=power.dtype)
+        position = (bins * alpha).clamp(max=n_bins - 1)  # (B, N)
+        low = position.floor().long()
+        high = (low + 1).clamp(max=n_bins - 1)
+        frac = (position - low)[..., None]  # (B, N) -> (B, N, 1)
+        # (B, N) -> (B, N, T): the same source bins for every frame of a clip
+        low, high = (index[..., None].expand(-1, -1, n_frames) for index in (low, high))
+        return power.gather(1, low) * (1 - frac) + power.gather(1, high) * frac
 
     def from_mel_energies(self, mel: Tensor) -> Tensor:
         """Log (and DCT, for MFCC) of mel energies: (B, F, T) -> (B, F_out, T)."""

@@ -185,6 +185,7 @@ class ClassifierConfig:
     freq_mask_width: int = 5
     time_masks: int = 2
     time_mask_width: int = 10
+    freq_warp: float = 0.0
     input_norm: bool = True
     cnn_channels: tuple[int, ...] = (32, 64)
     cnn_kernels: tuple[int, ...] = (5, 5)
@@ -214,6 +215,7 @@ def build_classifier(
         freq_mask_width=c.freq_mask_width,
         time_masks=c.time_masks,
         time_mask_width=c.time_mask_width,
+        freq_warp=c.freq_warp,
     )
     frontend = FrequencyCNN(
         features.out_features,

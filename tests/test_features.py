@@ -44,6 +44,26 @@ def test_spec_augment_only_in_training():
     assert not torch.equal(features(wave), features.eval()(wave))
 
 
+def test_freq_warp_moves_formants_within_its_range():
+    features = LogMelFeatures(freq_warp=0.2)
+    power = torch.zeros(256, 201, 3)
+    power[:, 50] = 1.0  # one spectral peak at bin 50 (2 kHz)
+    torch.manual_seed(0)
+    peaks = features.warp_frequency(power).argmax(dim=1)  # (B, T)
+    # Output bin k reads input bin k * alpha, so the peak moves to 50 / alpha.
+    assert (peaks >= 50 / 1.2 - 1).all() and (peaks <= 50 / 0.8 + 1).all()
+    assert (peaks == peaks[:, :1]).all()  # one factor per clip, the same for every frame
+    assert peaks[:, 0].unique().numel() > 10  # clips get different factors
+
+
+def test_freq_warp_only_in_training():
+    features = LogMelFeatures(freq_warp=0.1)
+    wave = torch.randn(4, 16000) * 0.1
+    assert torch.equal(features.eval()(wave), LogMelFeatures().eval()(wave))
+    torch.manual_seed(0)
+    assert not torch.allclose(features.train()(wave), LogMelFeatures().train()(wave))
+
+
 def test_buffers_move_with_module():
     features = LogMelFeatures()
     names = {name for name, _ in features.named_buffers()}
@@ -52,7 +72,15 @@ def test_buffers_move_with_module():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"sample_rate": 0}, {"n_mels": 0}, {"hop_ms": -1}, {"n_mfcc": 80}, {"f_max": 9000.0}]
+    "kwargs",
+    [
+        {"sample_rate": 0},
+        {"n_mels": 0},
+        {"hop_ms": -1},
+        {"n_mfcc": 80},
+        {"f_max": 9000.0},
+        {"freq_warp": 1.0},
+    ],
 )
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
