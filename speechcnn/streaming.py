@@ -114,7 +114,8 @@ class FrameBatchPath(nn.Module):
         super().__init__()
         features: LogMelFeatures = model.features
         self.n_fft, self.hop = features.n_fft, features.hop_length
-        self.log_floor = float(features.log_floor)
+        # added to the mel energies by the mel product itself (addmm's bias)
+        self.register_buffer("log_floor", torch.full((features.n_mels,), features.log_floor))
         self.register_buffer("window", features.window.detach().cpu().clone())
         # (n_fft/2+1, F) -> (2 (n_fft/2+1), F), each row twice: the filterbank applied to
         # interleaved (re^2, im^2) pairs sums them into the power without a separate op
@@ -200,7 +201,7 @@ class FrameBatchPath(nn.Module):
         spec = torch.fft.rfft(frames)  # (T, n_fft/2+1)
         # (T, n_fft/2+1) complex -> (T, n_fft/2+1, 2) -> (T, 2 (n_fft/2+1)): re^2, im^2 pairs
         squares = torch.view_as_real(spec).square().flatten(1)
-        features = torch.log(torch.matmul(squares, self.mel_fbanks_re_im) + self.log_floor)
+        features = torch.log(torch.addmm(self.log_floor, squares, self.mel_fbanks_re_im))
         dct = self.dct
         if dct is not None:
             features = torch.matmul(features, dct)  # (T, F) @ (F, n_mfcc)
@@ -233,7 +234,10 @@ class FrameBatchPath(nn.Module):
         """Convolution `i` of the front end over frequency: (T, F, C) -> (T, F', C')."""
         pad = self.conv_padding[i]
         # (T, F, C) -> (T, F + 2 pad, C) -> windows (T, F', C, k) -> (T * F', C * k)
-        windows = F.pad(x, (0, 0, pad, pad)).unfold(1, self.conv_kernel[i], self.conv_stride[i])
+        if pad > 0:
+            zeros = x.new_zeros(x.shape[0], pad, x.shape[2])  # (T, pad, C)
+            x = torch.cat([zeros, x, zeros], 1)  # (T, F + 2 pad, C); cheaper than F.pad here
+        windows = x.unfold(1, self.conv_kernel[i], self.conv_stride[i])
         n_frames, n_freq = windows.shape[0], windows.shape[1]
         windows = windows.reshape(n_frames * n_freq, -1)
         x = torch.addmm(self.conv_bias[i], windows, self.conv_weight[i])
@@ -383,7 +387,8 @@ class FrameStep(nn.Module):
                 hs[layer] = ifo[:, 2 * hidden :] * torch.tanh(cs[layer])
                 inputs = hs[layer]
             outputs.append(inputs)
-        return torch.cat(outputs, 0), torch.cat(hs, 0), torch.cat(cs, 0)
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 0)
+        return output, torch.cat(hs, 0), torch.cat(cs, 0)
 
 
 @dataclass
