@@ -6,10 +6,11 @@ Each configuration is a `+`-joined list of YAML files under recipes/ (without `.
 paths to YAML files, layered in order on the recipe's own config (`recipes/speech_commands.yaml`);
 `default` alone is the recipe as it is. Every (configuration, seed) trains in its own process with
 `recipes/speech_commands.py` into `<out-dir>/<name>/seed<k>`; a finished run's result.json is
-reused while its settings and data folder are unchanged, so an interrupted study picks up where it
-stopped. Prints one JSON line per configuration (parameters, multiply-accumulates per second of
-audio, mean and standard deviation of the 12-class testing-split accuracy over the seeds,
-training minutes) and writes a Markdown table and a parameters-vs-accuracy plot.
+reused while its settings and data folder are unchanged (whatever name it was trained under), so
+an interrupted study picks up where it stopped. Prints one JSON line per configuration
+(parameters, multiply-accumulates per second of audio, mean and standard deviation of the
+12-class testing-split accuracy over the seeds, training minutes) and writes a Markdown table and
+a parameters-vs-accuracy plot.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ RECIPES = ROOT / "recipes"
 # The ablation: `study/base` is the recipe default the study started from (frozen, so the study
 # still means the same after the default changed), at the study's budget of 12 epochs; the
 # next ten rows change one thing from `study/base+study/hop20`; the two long rows take what
-# helped to 60 epochs, with and without SpecAugment; then the presets, layered on the recipe.
+# helped to 60 epochs, with and without SpecAugment; then the small model without and with
+# the small preset's augmentations, and the presets, layered on the recipe.
 FAST = "study/base+study/hop20"
 # recipes/speech_commands.yaml holds exactly this row's settings (tests/test_recipes.py).
 DEFAULT_FROM = f"{FAST}+study/cnn3+study/ema+study/long"
@@ -52,6 +54,7 @@ STUDY = [
     f"{FAST}+study/no_smoothing",
     DEFAULT_FROM,
     f"{FAST}+study/cnn3+study/ema+study/no_specaugment+study/long",
+    "study/small",
     "presets/small",
     "presets/streaming",
 ]
@@ -90,10 +93,23 @@ def fingerprint(config: str, data_root: Path) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def finished_run(out_dir: Path, run_fingerprint: str, seed: int) -> dict | None:
+    """A finished run under `out_dir` with these settings and this seed, whatever name it was
+    trained under: a preset that takes in study layers is the run of those layers."""
+    for result_file in sorted(out_dir.glob(f"*/seed{seed}/result.json")):
+        result = json.loads(result_file.read_text())
+        if result.get("fingerprint") == run_fingerprint and result.get("seed") == seed:
+            return result
+    return None
+
+
 def row_name(config: str) -> str:
     """Table name: the layers' file names after study/base (`base` alone, `default` for the
-    recipe itself)."""
-    names = [Path(part).name.removesuffix(".yaml") for part in config.split("+")]
+    recipe itself), a preset's marked as such (`small preset`)."""
+    names = [
+        Path(part).name.removesuffix(".yaml") + (" preset" if part.startswith("presets/") else "")
+        for part in config.split("+")
+    ]
     return "+".join(names[1:] if names[0] == "base" and len(names) > 1 else names)
 
 
@@ -105,10 +121,14 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
         / f"seed{seed}"
     )
     result_file = run_dir / "result.json"
+    run_fingerprint = fingerprint(config, args.data_root)
     if result_file.is_file() and not args.force:
         result = json.loads(result_file.read_text())
-        if result.get("fingerprint") == fingerprint(config, args.data_root):
+        if result.get("fingerprint") == run_fingerprint:
             return result
+    if not args.force and (result := finished_run(args.out_dir, run_fingerprint, seed)):
+        return result
+    if run_dir.exists():
         print(f"# {config} seed {seed}: configuration changed, retraining", file=sys.stderr)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +153,7 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
     result = {
         "config": config,
-        "fingerprint": fingerprint(config, args.data_root),
+        "fingerprint": run_fingerprint,
         "seed": seed,
         "test_accuracy": metrics["test_accuracy"],
         "test_keyword_accuracy": metrics["test_keyword_accuracy"],
@@ -272,7 +292,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results = list(pool.map(lambda task: run_one(*task, args), tasks))
     rows = []
     for config in args.configs:
-        row = summarise(config, [r for r in results if r["config"] == config])
+        # by task, not by the result's own "config": a reused run may carry another name
+        runs = [r for (c, _), r in zip(tasks, results, strict=True) if c == config]
+        row = summarise(config, runs)
         rows.append(row)
         print(json.dumps(row), flush=True)
     table = markdown_table(rows)

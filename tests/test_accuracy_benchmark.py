@@ -57,6 +57,15 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     again = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
     assert result.stat().st_mtime_ns == stamp and again[0]["accuracies"][0] == row["accuracies"][0]
 
+    # The same settings under another name (a layer that repeats one of them) are the same
+    # run: reused from the first name's folder, not retrained.
+    repeat = tmp_path / "repeat.yaml"
+    repeat.write_text("trainer:\n  max_epochs: 2\n")
+    respelled = f"{tiny}+{repeat}"
+    same = accuracy.main([respelled, *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert same[0]["accuracies"][0] == row["accuracies"][0]
+    assert not any((tmp_path / "a").glob("*repeat*"))
+
     # The same seed trained afresh gives the same accuracy.
     fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
     assert fresh[0]["accuracies"] == row["accuracies"][:1]
