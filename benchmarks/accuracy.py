@@ -128,7 +128,7 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
             return result
     if not args.force and (result := finished_run(args.out_dir, run_fingerprint, seed)):
         return result
-    if run_dir.exists():
+    if result_file.is_file() and not args.force:
         print(f"# {config} seed {seed}: configuration changed, retraining", file=sys.stderr)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
