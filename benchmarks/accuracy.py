@@ -100,7 +100,7 @@ def finished_run(out_dir: Path, run_fingerprint: str, seed: int) -> dict | None:
     trained under: a preset that takes in study layers is the run of those layers."""
     for result_file in sorted(out_dir.glob(f"*/seed{seed}/result.json")):
         result = json.loads(result_file.read_text())
-        if result.get("fingerprint") == run_fingerprint and result.get("seed") == seed:
+        if result.get("fingerprint") == run_fingerprint:
             return result
     return None
 
@@ -124,15 +124,12 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
     )
     result_file = run_dir / "result.json"
     run_fingerprint = fingerprint(config, args.data_root)
-    if result_file.is_file() and not args.force:
-        result = json.loads(result_file.read_text())
-        if result.get("fingerprint") == run_fingerprint:
-            return result
-    if not args.force and (result := finished_run(args.out_dir, run_fingerprint, seed)):
-        return result
-    if result_file.is_file() and not args.force:
-        print(f"# {config} seed {seed}: configuration changed, retraining", file=sys.stderr)
-        shutil.rmtree(run_dir)
+    if not args.force:
+        if (result := finished_run(args.out_dir, run_fingerprint, seed)) is not None:
+            return result  # this name's own run, or the same settings under another name
+        if result_file.is_file():
+            print(f"# {config} seed {seed}: configuration changed, retraining", file=sys.stderr)
+            shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(RECIPES / "speech_commands.py")]
     for f in config_files(config):
