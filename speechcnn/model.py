@@ -74,8 +74,39 @@ class LSTMHead(nn.Module):
 
     @property
     def streamable(self) -> bool:
-        """True when logits at frame t depend only on frames <= t (see speechcnn.streaming)."""
-        return not self.bidirectional and self.pooling == "last"
+        """True when the logits of the clip that ends at frame t depend only on frames <= t
+        (see speechcnn.streaming): a unidirectional LSTM, with any of the three poolings."""
+        return not self.bidirectional
+
+    def prefix_logits(self, outputs: Tensor) -> Tensor:
+        """Logits at every frame: row t is what `forward` gives for the clip of frames 0..t.
+
+        The streaming form of each pooling (the offline reference that `speechcnn.streaming`
+        must equal): "last" takes the LSTM output at t; "mean" and "attention" pool over the
+        prefix, attention with a softmax of the scores of frames 0..t. Needs a unidirectional
+        LSTM, whose output at frame u does not depend on frames after u. Memory grows as T^2
+        for "mean" and "attention": for clips, not hours.
+
+        Args:
+            outputs: (B, T, H) LSTM outputs.
+
+        Returns:
+            (B, T, K) logits.
+        """
+        if self.pooling == "last":
+            pooled = outputs
+        else:
+            n_frames = outputs.shape[1]
+            if self.attention is None:  # "mean": equal weights
+                scores = outputs.new_zeros(outputs.shape[:2])
+            else:
+                scores = self.attention(outputs).squeeze(-1)  # (B, T, 1) -> (B, T)
+            future = torch.ones(n_frames, n_frames, dtype=torch.bool, device=outputs.device)
+            future = future.triu(1)  # (t, u): frame u comes after frame t
+            # (B, 1, T) -> (B, T, T): row t holds the scores of frames 0..t, -inf after
+            prefix_scores = scores[:, None, :].masked_fill(future, float("-inf"))
+            pooled = prefix_scores.softmax(dim=-1) @ outputs  # (B, T, T) @ (B, T, H)
+        return self.classifier(self.dropout(pooled))
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Classify sequences of frame embeddings.

@@ -9,7 +9,8 @@ Two ways to get a posterior track from a model trained on 1 s clips:
   the overlapping windows; only the LSTM head runs per window.
 - "stream": the exact streaming posteriors (`speechcnn.streaming`), one per frame (every hop), with
   the LSTM state carried over the whole recording (cheapest, but a state never reset is
-  further from the 1 s clips of training; streamable models only: unidirectional, "last").
+  further from the 1 s clips of training). Needs a unidirectional LSTM with "last" pooling:
+  "mean" and "attention" stream too, but pool over everything since the recording began.
 
 Then: a causal moving average of the posteriors over `smooth_s`, a threshold on the
 smoothed keyword posterior, and a refractory period after each detection. A detection is the
@@ -144,7 +145,20 @@ def window_posteriors(
 def stream_track(
     model: SpeechClassifier, samples: Tensor | np.ndarray, window_s: float = 1.0
 ) -> PosteriorTrack:
-    """Exact streaming posteriors, one per frame, with the LSTM state carried throughout."""
+    """Exact streaming posteriors, one per frame, with the LSTM state carried throughout.
+
+    Raises:
+        ValueError: the model pools over time ("mean", "attention"), so its posterior at a
+            frame describes the whole recording up to it, not the word being spoken.
+    """
+    pooling = model.head.pooling
+    if pooling != "last":
+        raise ValueError(
+            f"stream mode needs a model with 'last' pooling; this one has {pooling!r}, whose "
+            "streaming posterior pools over everything since the recording began, so over a "
+            "long recording it stops following the words. Use --mode window (any model), or "
+            "a model trained with net.pooling=last (recipes/presets/streaming.yaml)."
+        )
     feats = model.features
     posts = stream_posteriors(model, samples).numpy()
     frames = np.arange(len(posts))
@@ -257,7 +271,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     loaded = load_classifier(args.model)
     samples = read_audio(args.audio, loaded.sample_rate)
-    for detection in spot(loaded.model, loaded.class_names, samples, config):
+    try:
+        detections = spot(loaded.model, loaded.class_names, samples, config)
+    except ValueError as error:  # a model the chosen mode cannot use
+        parser.error(str(error))
+    for detection in detections:
         print(json.dumps(asdict(detection)))
     sys.stdout.flush()
 

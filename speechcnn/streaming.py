@@ -6,9 +6,15 @@ then needs nothing from the future: carrying the STFT's overlap (the last n_fft 
 and the LSTM's (h, c) between chunks gives, chunk by chunk, the same frames and posteriors as
 the offline model on the whole recording (up to float rounding; the tests check 1e-5).
 
-The per-frame posterior at frame t is softmax(classifier(LSTM output at t)), what "last"
-pooling computes at a clip's final frame: at the last frame of a clip it equals the softmax of
-the offline logits.
+The posterior at frame t is the model's posterior for the clip of frames 0..t (since the
+stream began or was reset), so at a clip's last frame it equals the offline posterior of the
+whole clip. Each pooling has a streaming form (`LSTMHead.prefix_logits` is the reference):
+"last" classifies the LSTM output at t; "mean" and "attention" carry running softmax-weighted
+sums (`prefix_pool`). The classifier is linear and the weights sum to 1, so the pooled vector's
+logits are the weighted mean of every frame's logits: the sums run over K + 1 values a frame
+(1 for the denominator, and the logits), not over the LSTM's H outputs.
+"last" suits endless streams; "mean" and "attention" pool over everything since the last reset,
+so they suit one utterance at a time (push-to-talk, or a reset per detected utterance).
 """
 
 # No `from __future__ import annotations`: TorchScript needs the class-level attribute
@@ -42,20 +48,14 @@ def check_streamable(model: SpeechClassifier) -> None:
             "the LSTM is bidirectional: its backward direction reads the recording from the "
             "end, so no output exists until the audio has ended"
         )
-    if head.pooling != "last":
-        reasons.append(
-            f"pooling is {head.pooling!r}: it pools over the whole utterance, so the logits "
-            "exist only once the utterance is over"
-        )
     if reasons:
         raise NotStreamableError(
             "model cannot stream: "
             + "; ".join(reasons)
-            + ". Train with net.bidirectional=false and net.pooling=last (recipe flags "
-            "--model.net.bidirectional false --model.net.pooling last, or the preset "
-            "recipes/presets/streaming.yaml): its logits are the "
-            "LSTM's output at the final frame, and the streamer emits that for every frame. "
-            "(`speechcnn spot --mode window` works with any model.)"
+            + ". Train with net.bidirectional=false (recipe flag "
+            "--model.net.bidirectional false; the recipe's default is unidirectional): every "
+            "pooling then has a streaming form, and the streamer emits at each frame the "
+            "posterior of the audio so far. (`speechcnn spot --mode window` works with any model.)"
         )
 
 
@@ -64,20 +64,57 @@ def offline_posteriors(model: SpeechClassifier, waveforms: Tensor) -> Tensor:
     """Per-frame class posteriors of whole recordings, the reference the streamer must equal.
 
     Args:
-        model: a streamable classifier (unidirectional LSTM, "last" pooling), in eval mode.
+        model: a streamable classifier (unidirectional LSTM), in eval mode.
         waveforms: (B, S) float waveforms, S >= n_fft.
 
     Returns:
-        (B, T, K) softmax of the classifier applied to the LSTM output at every frame.
+        (B, T, K) posteriors; row t is the model's posterior for the frames 0..t.
     """
     check_streamable(model)
     outputs, _ = model.head.lstm(model.embed(waveforms))  # (B, T, H)
-    return model.head.classifier(outputs).softmax(dim=-1)  # (B, T, K)
+    return model.head.prefix_logits(outputs).softmax(dim=-1)  # (B, T, K)
+
+
+def prefix_pool(values: Tensor, scores: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax-weighted means of `values` over every prefix of a stream, chunk by chunk.
+
+    Row t of the result is sum_u exp(s_u) v_u / sum_u exp(s_u) over the frames u <= t since
+    the stream began. The sums are kept relative to the largest score so far, so exp never
+    overflows; a frame's weight underflows only when its score is about 87 below the chunk's
+    largest, which `FrameStep` rules out by bounding the scores' range.
+
+    Args:
+        values: (T, V) the chunk's frames, each with 1 in column 0 (its weight's
+            denominator term) and what to average in the rest.
+        scores: (T,) their scores (zeros for mean pooling).
+        state: (V + 1,) the largest score and the V weighted sums before the chunk;
+            `empty_pool_state(V)` at the start of a stream.
+
+    Returns:
+        (T, V - 1) the prefixes' means of columns 1.., and the (V + 1,) state after the chunk.
+    """
+    top = torch.maximum(state[0], scores.max())  # the largest score so far
+    decay = torch.exp(state[0] - top)  # rescales the carried sums to the new maximum
+    weights = torch.exp(scores - top)  # (T,)
+    sums = state[1:] * decay + torch.cumsum(weights[:, None] * values, 0)  # (T, V)
+    return sums[:, 1:] / sums[:, :1], torch.cat([top.reshape(1), sums[-1]])
+
+
+def empty_pool_state(num_values: int) -> Tensor:
+    """The `prefix_pool` state before a stream's first frame: no score seen, zero sums."""
+    state = torch.zeros(num_values + 1)
+    state[0] = float("-inf")
+    return state
 
 
 # Largest (F, F' * C') matrix (in elements) for which FrameBatchPath runs the input norm and the
 # first convolution as one matrix product: 40 mel bins into 32 channels take 51,200.
 MAX_DENSE_FIRST_LAYER = 131072
+
+# Largest possible range of attention scores (max - min) for which FrameStep pools a whole chunk
+# at once: exp(-80) is far above float32's smallest normal number (about exp(-87)), so no
+# frame's weight underflows. Wider ranges pool frame by frame, where nothing can underflow.
+MAX_CHUNK_SCORE_RANGE = 80.0
 
 
 class FrameBatchPath(nn.Module):
@@ -270,9 +307,10 @@ def _affine(norm: nn.Module, size: int) -> tuple[Tensor, Tensor]:
 
 
 class FrameStep(nn.Module):
-    """One stream's whole per-chunk computation: samples -> features, posteriors, LSTM state.
+    """One stream's whole per-chunk computation: samples -> features, posteriors, stream state.
 
-    `FrameBatchPath`, then the LSTM and the classifier on the CPU, in one TorchScript call
+    `FrameBatchPath`, then the LSTM, the pooling's streaming form and the classifier on the
+    CPU, in one TorchScript call
     (`compiled`): at 10-20 ms chunks, the cost of a chunk is mostly the per-operation overhead
     of the Python interpreter, not arithmetic. Chunks of up to `max_step_frames` frames run the
     LSTM step by step with matrix-vector products (nn.LSTM's oneDNN kernel reorders its
@@ -320,6 +358,24 @@ class FrameStep(nn.Module):
         self.max_step_frames = max_step_frames
         self.register_buffer("classifier_weight", classifier.weight.detach().cpu().T.contiguous())
         self.register_buffer("classifier_bias", classifier.bias.detach().cpu().clone())
+        # "mean" and "attention": one product gives each frame's score, a 1 and its logits,
+        # the `prefix_pool` values (H, 2 + K); "mean" scores every frame 0
+        self.pooling: str = model.head.pooling
+        hidden, attention = lstm.hidden_size, model.head.attention
+        score_weight = torch.zeros(hidden, 1) if attention is None else attention.weight.T
+        score_bias = torch.zeros(1) if attention is None else attention.bias
+        self.register_buffer(
+            "pool_weight",
+            torch.cat([score_weight, torch.zeros(hidden, 1), classifier.weight.T], 1)
+            .detach()
+            .cpu(),
+        )
+        self.register_buffer(
+            "pool_bias", torch.cat([score_bias, torch.ones(1), classifier.bias]).detach().cpu()
+        )
+        # LSTM outputs lie in (-1, 1), so the scores of any two frames differ by at most 2 |w|_1
+        score_range = 2 * float(score_weight.abs().sum())
+        self.pool_whole_chunk = score_range <= MAX_CHUNK_SCORE_RANGE
 
     @staticmethod
     def usable(model: SpeechClassifier) -> bool:
@@ -336,15 +392,19 @@ class FrameStep(nn.Module):
             and classifier.bias is not None
         )
 
-    def forward(self, span: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Features and posteriors of every whole frame of `span`, and the new LSTM state.
+    def forward(
+        self, span: Tensor, h: Tensor, c: Tensor, pool: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Features and posteriors of every whole frame of `span`, and the new stream state.
 
         Args:
             span: (S,) samples, S = (T - 1) * hop + n_fft.
             h, c: (L, H) LSTM state before the span's first frame.
+            pool: (K + 2,) `prefix_pool` state ("mean" and "attention"; unused for "last").
 
         Returns:
-            (T, F) features, (T, K) posteriors, and the (L, H) h and c after the last frame.
+            (T, F) features, (T, K) posteriors, and the (L, H) h and c and the pooling state
+            after the last frame.
         """
         features, x = self.path(span)  # (T, F), (T, D)
         if x.shape[0] > self.max_step_frames:
@@ -363,8 +423,19 @@ class FrameStep(nn.Module):
             x, h, c = out[0][0], out[1][:, 0], out[2][:, 0]  # (T, H), (L, H), (L, H)
         else:
             x, h, c = self._steps(x, h, c)
-        posteriors = torch.addmm(self.classifier_bias, x, self.classifier_weight).softmax(-1)
-        return features, posteriors, h, c
+        if self.pooling == "last":
+            logits = torch.addmm(self.classifier_bias, x, self.classifier_weight)  # (T, K)
+        else:
+            scored = torch.addmm(self.pool_bias, x, self.pool_weight)  # (T, 2 + K)
+            if self.pool_whole_chunk:
+                logits, pool = prefix_pool(scored[:, 1:], scored[:, 0], pool)
+            else:
+                rows: list[Tensor] = []
+                for t in range(x.shape[0]):
+                    row, pool = prefix_pool(scored[t : t + 1, 1:], scored[t : t + 1, 0], pool)
+                    rows.append(row)
+                logits = torch.cat(rows, 0)
+        return features, logits.softmax(-1), h, c, pool
 
     def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The stacked LSTM frame by frame: (T, D), (L, H), (L, H) -> (T, H), (L, H), (L, H)."""
@@ -414,8 +485,9 @@ class Streamer:
     next frame shares with this one, are kept for the next call; the LSTM state is carried.
 
     Args:
-        model: a trained `SpeechClassifier` with a unidirectional LSTM and "last" pooling
-            (put in eval mode and left there; the streamer never trains).
+        model: a trained `SpeechClassifier` with a unidirectional LSTM (put in eval mode and
+            left there; the streamer never trains). With "mean" or "attention" pooling, each
+            posterior pools over everything since the last `reset`.
         max_frames_per_step: frames sent through the front end at once (bounds memory for
             very long chunks; any value gives the same result).
 
@@ -447,7 +519,12 @@ class Streamer:
         self._pending = torch.zeros(0)
         lstm = self.model.head.lstm
         zeros = torch.zeros(lstm.num_layers, lstm.hidden_size)
-        self._state: tuple[Tensor, Tensor] = (zeros, zeros)  # (h, c), each (L, H)
+        # (h, c), each (L, H), and the pooling's running sums of 1 and the K logits
+        self._state: tuple[Tensor, Tensor, Tensor] = (
+            zeros,
+            zeros,
+            empty_pool_state(1 + self.num_classes),
+        )
         self.frames_done = 0
         self.samples_seen = 0
 
@@ -498,17 +575,30 @@ class Streamer:
     def _frames(self, span: Tensor) -> tuple[Tensor, Tensor]:
         """Features (F, T) and posteriors (T, K) of the frames that `span` (S,) holds exactly."""
         if self._step is not None:
-            features, posteriors, h, c = self._step(span, *self._state)  # (T, F), (T, K)
-            self._state = (h, c)
+            features, posteriors, h, c, pool = self._step(span, *self._state)  # (T, F), (T, K)
+            self._state = (h, c, pool)
             return features.T, posteriors  # (T, F) -> (F, T)
         head = self.model.head
         features, embedded = self._path(span)  # (T, F), (T, D)
         # (T, D) -> (1, T, D); state (L, H) -> (L, 1, H), nn.LSTM's layout
         state = (self._state[0].unsqueeze(1), self._state[1].unsqueeze(1))
         outputs, (h, c) = head.lstm(embedded.unsqueeze(0), state)  # (1, T, H)
-        self._state = (h[:, 0], c[:, 0])
-        posteriors = head.classifier(outputs[0]).softmax(dim=-1)  # (T, K)
-        return features.T, posteriors  # (T, F) -> (F, T)
+        logits, pool = head.classifier(outputs[0]), self._state[2]  # (T, K)
+        if head.pooling != "last":
+            n_frames = logits.shape[0]
+            if head.attention is None:
+                scores = logits.new_zeros(n_frames)
+            else:
+                scores = head.attention(outputs[0])[:, 0]  # (T, 1) -> (T,)
+            values = torch.cat([logits.new_ones(n_frames, 1), logits], 1)  # (T, 1 + K)
+            # one frame at a time: this path makes no assumption on the scores' range
+            rows = []
+            for t in range(n_frames):
+                row, pool = prefix_pool(values[t : t + 1], scores[t : t + 1], pool)
+                rows.append(row)
+            logits = torch.cat(rows)
+        self._state = (h[:, 0], c[:, 0], pool)
+        return features.T, logits.softmax(dim=-1)  # (T, F) -> (F, T)
 
 
 def stream_posteriors(
@@ -536,6 +626,8 @@ __all__ = [
     "StreamStep",
     "Streamer",
     "check_streamable",
+    "empty_pool_state",
     "offline_posteriors",
+    "prefix_pool",
     "stream_posteriors",
 ]

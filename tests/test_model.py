@@ -39,8 +39,22 @@ def test_output_shape_and_parameter_count():
 
 def test_streamable_flag():
     assert LSTMHead(8, 3, pooling="last").streamable
-    assert not LSTMHead(8, 3, pooling="mean").streamable
-    assert not LSTMHead(8, 3, bidirectional=True).streamable
+    assert LSTMHead(8, 3, pooling="mean").streamable
+    assert LSTMHead(8, 3, pooling="attention").streamable
+    assert not LSTMHead(8, 3, pooling="attention", bidirectional=True).streamable
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "attention"])
+def test_prefix_logits_are_the_head_on_each_prefix(pooling):
+    torch.manual_seed(1)
+    head = LSTMHead(6, 4, hidden_size=5, num_layers=2, pooling=pooling).eval()
+    x = torch.randn(2, 9, 6)  # (B, T, D)
+    with torch.no_grad():
+        outputs, _ = head.lstm(x)
+        prefix = head.prefix_logits(outputs)  # (B, T, K)
+        alone = torch.stack([head(x[:, : t + 1]) for t in range(9)], dim=1)  # (B, T, K)
+    assert prefix.shape == (2, 9, 4)
+    torch.testing.assert_close(prefix, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_model_modules_do_not_import_lightning():

@@ -52,6 +52,13 @@ def test_stream_track_is_the_streaming_posteriors():
     assert track.ends[0] == pytest.approx(0.025) and track.ends[1] == pytest.approx(0.035)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_stream_mode_needs_last_pooling(tmp_path, pooling):
+    # Such models stream, but their posterior pools over the whole recording so far.
+    with pytest.raises(ValueError, match=f"'{pooling}'.*--mode window"):
+        stream_track(tiny_model(pooling=pooling), recording(0.3))
+
+
 def test_short_recording_gives_one_window():
     track = window_posteriors(tiny_model(), torch.zeros(100), window_s=1.0)
     assert track.posteriors.shape == (1, 5)

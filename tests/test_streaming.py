@@ -1,5 +1,6 @@
 """Streaming equals offline: random chunkings of a recording give the offline frames and
-per-frame posteriors within 1e-5 (float32), with nothing carried but STFT overlap and (h, c)."""
+per-frame posteriors within 1e-5 (float32), with nothing carried but STFT overlap, (h, c) and,
+for "mean" and "attention" pooling, the running sums of the pooling."""
 
 import numpy as np
 import pytest
@@ -162,19 +163,52 @@ def test_short_and_empty_chunks_emit_nothing():
         streamer.push(torch.zeros(1, 10))
 
 
-@pytest.mark.parametrize(
-    ("overrides", "why"),
-    [
-        ({"bidirectional": True}, "bidirectional"),
-        ({"pooling": "mean"}, "whole utterance"),
-        ({"pooling": "attention"}, "whole utterance"),
-    ],
-)
-def test_unstreamable_models_are_refused(overrides, why):
-    model = tiny_model(**overrides)
-    with pytest.raises(NotStreamableError, match=why) as info:
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("max_chunk", [1, 160, 4000])
+def test_pooling_heads_stream_exactly(pooling, max_chunk):
+    # Each posterior is the model's on the audio so far: at the last frame, the whole clip's.
+    model = tiny_model(seed=6, pooling=pooling)
+    wave = recording(0.1 if max_chunk == 1 else 0.6, seed=9)
+    sizes = random_chunks(len(wave), np.random.default_rng(max_chunk), max_chunk)
+    _, posts, streamer = run_chunked(model, wave, sizes)
+    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
+    with torch.no_grad():
+        clip_probs = model(wave[None]).softmax(-1)[0]
+    assert (posts[-1] - clip_probs).abs().max() <= TOL
+    streamer.reset()  # a new utterance: nothing of the old one is pooled
+    assert (streamer.push(wave).posteriors - posts).abs().max() <= TOL
+
+
+def test_attention_pools_frame_by_frame_when_scores_could_underflow(monkeypatch):
+    # Whole chunks pool relative to their largest score only while no weight can underflow.
+    model = tiny_model(seed=7, pooling="attention")
+    assert streaming.FrameStep(model).pool_whole_chunk
+    monkeypatch.setattr(streaming, "MAX_CHUNK_SCORE_RANGE", 0.0)
+    assert not streaming.FrameStep(model).pool_whole_chunk
+    wave = recording(0.4, seed=10)
+    _, posts, _ = run_chunked(model, wave, [3000, 1, 2500, 900])
+    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
+
+
+def test_prefix_pool_carries_its_state_and_never_overflows():
+    x = torch.randn(6, 3)
+    values = torch.cat([torch.ones(6, 1), x], 1)  # (T, 1 + 3): the denominator's 1, then x
+    # exp(1000) overflows float32; a range of 80 is the widest pooled in one go
+    scores = torch.tensor([1000.0, 1050.0, 980.0, 1001.0, 1060.0, 1002.0])
+    whole, _ = streaming.prefix_pool(values, scores, streaming.empty_pool_state(4))
+    first, state = streaming.prefix_pool(values[:2], scores[:2], streaming.empty_pool_state(4))
+    rest, _ = streaming.prefix_pool(values[2:], scores[2:], state)
+    reference = torch.stack([x[: t + 1].T @ scores[: t + 1].softmax(0) for t in range(6)])
+    torch.testing.assert_close(whole, reference)
+    torch.testing.assert_close(torch.cat([first, rest]), reference)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "attention"])
+def test_bidirectional_models_are_refused(pooling):
+    model = tiny_model(bidirectional=True, pooling=pooling)
+    with pytest.raises(NotStreamableError, match="bidirectional") as info:
         Streamer(model)
-    assert "pooling=last" in str(info.value) and "bidirectional=false" in str(info.value)
+    assert "bidirectional=false" in str(info.value) and "--mode window" in str(info.value)
     with pytest.raises(NotStreamableError):
         check_streamable(model)
 
@@ -186,10 +220,11 @@ def test_bad_arguments():
         stream_posteriors(tiny_model(), torch.zeros(100), chunk_samples=-1)
 
 
-def test_float_models_stream_compiled_and_int8_models_stream():
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+def test_float_models_stream_compiled_and_int8_models_stream(pooling):
     from speechcnn.export import quantize_int8
 
-    model = tiny_model(seed=5)
+    model = tiny_model(seed=5, pooling=pooling)
     assert isinstance(Streamer(model)._step, torch.jit.ScriptModule)
     quantized = quantize_int8(model)
     streamer = Streamer(quantized)
@@ -200,5 +235,5 @@ def test_float_models_stream_compiled_and_int8_models_stream():
     # offline int8; the float model is the exact one.
     with torch.no_grad():
         outputs, _ = quantized.head.lstm(quantized.embed(wave[None]))
-        offline = quantized.head.classifier(outputs[0]).softmax(-1)
+        offline = quantized.head.prefix_logits(outputs)[0].softmax(-1)
     assert (posts - offline).abs().max() < 0.05
