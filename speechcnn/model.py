@@ -21,7 +21,8 @@ POOLINGS = ("last", "mean", "attention")
 class LSTMHead(nn.Module):
     """LSTM over frame embeddings, pooled over time, then a linear classifier.
 
-    Padded batches are packed, so a clip gives the same logits alone or padded in a batch.
+    A clip gives the same logits alone or zero-padded in a batch with its length: pooling
+    masks the padding, and a bidirectional LSTM runs on packed sequences.
 
     Args:
         in_features: frame embedding size D.
@@ -119,23 +120,31 @@ class LSTMHead(nn.Module):
             (B, K) logits.
         """
         batch, n_frames, _ = x.shape
-        if lengths is None:
-            outputs, (h_n, _) = self.lstm(x)  # (B, T, H*dirs)
-            mask = None
-        else:
-            lengths = lengths.clamp(min=1, max=n_frames)
+        mask = None
+        if lengths is not None:
+            lengths = lengths.clamp(min=1, max=n_frames).to(x.device)
+            mask = torch.arange(n_frames, device=x.device) < lengths[:, None]  # (B, T)
+        if mask is not None and self.bidirectional:
+            # Packed, so that the backward direction starts at each clip's own last frame.
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             packed_out, (h_n, _) = self.lstm(packed)
             outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=n_frames)
-            mask = torch.arange(n_frames, device=x.device) < lengths.to(x.device)[:, None]  # (B, T)
+        else:
+            # One direction: the output at a frame depends on earlier frames only, so the
+            # padding after a clip changes none of its valid outputs. Not packing is exact
+            # and faster (packed sequences take a slower kernel).
+            outputs, (h_n, _) = self.lstm(x)  # (B, T, H*dirs)
 
         if self.pooling == "last":
-            # h_n holds each sequence's state at its own last valid frame (and, backwards,
-            # at frame 0), which packing makes exact for padded sequences.
             if self.bidirectional:
+                # each direction's final state: at the clip's last valid frame (packing) and,
+                # backwards, at frame 0
                 pooled = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # (B, 2H)
-            else:
+            elif mask is None:
                 pooled = h_n[-1]  # (B, H)
+            else:
+                last = lengths - 1  # each clip's last valid frame
+                pooled = outputs[torch.arange(batch, device=x.device), last]  # (B, H)
         elif self.pooling == "mean":
             if mask is None:
                 pooled = outputs.mean(dim=1)
