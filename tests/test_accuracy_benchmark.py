@@ -66,6 +66,14 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     assert same[0]["accuracies"][0] == row["accuracies"][0]
     assert not any((tmp_path / "a").glob("*repeat*"))
 
+    # An ensemble of one run is that run; of its two seeds, a valid accuracy.
+    accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a"),
+                   "--ensemble"])  # fmt: skip
+    one = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert one["ensemble_members"] == 1 and one["test_examples"] == row["test_examples"]
+    assert one["ensemble_accuracy"] == pytest.approx(row["accuracies"][0], abs=1e-4)
+    assert one["ensemble_by_configuration"] == {"tiny": one["ensemble_accuracy"]}
+
     # The same seed trained afresh gives the same accuracy.
     fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
     assert fresh[0]["accuracies"] == row["accuracies"][:1]
