@@ -32,7 +32,11 @@ from speechcnn.data.audio import read_audio
 from speechcnn.data.speech_commands import KEYWORDS, NOISE_DIR, read_noise
 from speechcnn.spotting import SpotConfig, detect, posterior_track
 
-THRESHOLDS = np.round(np.concatenate([np.arange(0.3, 0.9, 0.05), np.arange(0.9, 1.0, 0.01)]), 3)
+# 0.3-0.85 in steps of 0.05, then 0.9-0.99 in steps of 0.01 (unique: arange's float end can
+# repeat 0.9)
+THRESHOLDS = np.unique(
+    np.round(np.concatenate([np.arange(0.3, 0.9, 0.05), np.arange(0.9, 1.0, 0.01)]), 3)
+)
 
 
 def build_stream(

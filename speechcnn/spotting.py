@@ -13,9 +13,11 @@ Two ways to get a posterior track from a model trained on 1 s clips:
   "mean" and "attention" stream too, but pool over everything since the recording began.
 
 Then: a causal moving average of the posteriors over `smooth_s`, a threshold on the
-smoothed keyword posterior, and a refractory period after each detection. A detection is the
-peak of a run of scores above the threshold: keyword, start and end time (for "window", the
-peak window's span; for "stream", the `window_s` that ends at the peak frame) and score.
+smoothed keyword posteriors, and a refractory period after each detection. A run is a stretch
+of steps where some keyword is above the threshold; its detection is the keyword and step with
+the highest score in the run (so a wrong word that crosses the threshold first does not hide
+the right one that peaks later): keyword, start and end time (for "window", the peak window's
+span; for "stream", the `window_s` that ends at the peak frame) and score.
 """
 
 from __future__ import annotations
@@ -186,8 +188,7 @@ def detect(track: PosteriorTrack, class_names: list[str], config: SpotConfig) ->
         return []
     step_s = float(np.median(np.diff(track.ends))) if len(track.ends) > 1 else 1.0
     scores = smooth(track.posteriors, max(1, round(config.smooth_s / step_s)))[:, keyword_ids]
-    best = scores.argmax(axis=1)  # (N,) index into keyword_ids
-    best_score = scores[np.arange(len(scores)), best]
+    best_score = scores.max(axis=1)  # (N,) the highest keyword score at each step
     detections: list[Detection] = []
     blocked_until = -np.inf
     i, n = 0, len(scores)
@@ -195,16 +196,17 @@ def detect(track: PosteriorTrack, class_names: list[str], config: SpotConfig) ->
         if best_score[i] < config.threshold:
             i += 1
             continue
-        keyword = best[i]
-        j = i  # the run of rows where this keyword stays above the threshold
-        while j + 1 < n and scores[j + 1, keyword] >= config.threshold:
+        j = i  # the run of rows where some keyword stays above the threshold
+        while j + 1 < n and best_score[j + 1] >= config.threshold:
             j += 1
         if track.ends[i] < blocked_until:
             # A run that starts inside the refractory period is most likely the word just
             # detected (or its echo in later windows): skip all of it, not only its head.
             i = j + 1
             continue
-        peak = i + int(np.argmax(scores[i : j + 1, keyword]))
+        # (run rows, keywords) -> the highest score's row and keyword
+        peak, keyword = np.unravel_index(np.argmax(scores[i : j + 1]), scores[i : j + 1].shape)
+        peak = i + int(peak)
         end = float(track.ends[peak])
         detections.append(
             Detection(

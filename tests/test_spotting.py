@@ -95,6 +95,14 @@ def test_detect_threshold_peak_and_refractory():
     assert len(detect(track, NAMES, SpotConfig(threshold=0.5, smooth_s=0, refractory_s=0.3))) == 3
 
 
+def test_a_run_reports_its_highest_keyword_not_the_first_to_cross():
+    # "no" crosses the threshold first, "yes" takes over and peaks higher in the same run.
+    track = synthetic_track([(3, 50, 59, 0.7), (2, 60, 80, 0.95)])
+    (found,) = detect(track, NAMES, SpotConfig(threshold=0.6, smooth_s=0.0, refractory_s=1.0))
+    assert found.keyword == "yes" and found.score == pytest.approx(0.95)
+    assert found.end == pytest.approx(0.625)
+
+
 def test_smoothing_suppresses_a_short_spike_and_silence_never_fires():
     track = synthetic_track([(2, 50, 51, 0.99), (1, 200, 260, 0.99)])  # 2-frame spike; unknown
     assert detect(track, NAMES, SpotConfig(threshold=0.8, smooth_s=0.0)) != []
