@@ -121,5 +121,8 @@ def test_presets_small_and_streamable():
     accuracy = _accuracy_benchmark()
     assert _parameters(accuracy.merged_config("presets/small")) <= 100_000
     assert 1_000_000 < _parameters(accuracy.merged_config("presets/full_data")) < 2_000_000
-    streaming = accuracy.merged_config("presets/streaming")
-    assert build_classifier(ClassifierConfig(**streaming["model"]["net"]), 12).head.streamable
+    # Every preset and the recipe default stream; the streaming preset pools the last frame.
+    for config in ("default", "presets/small", "presets/streaming", "presets/full_data"):
+        net = accuracy.merged_config(config)["model"]["net"]
+        assert build_classifier(ClassifierConfig(**net), 12).head.streamable, config
+    assert accuracy.merged_config("presets/streaming")["model"]["net"]["pooling"] == "last"
