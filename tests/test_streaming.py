@@ -203,6 +203,20 @@ def test_prefix_pool_carries_its_state_and_never_overflows():
     torch.testing.assert_close(torch.cat([first, rest]), reference)
 
 
+def test_streams_where_a_frozen_module_cannot_run():
+    # Without the graph executor's optimisations a frozen module fails; the streamer then runs
+    # the plain compiled step, with the same results.
+    model = tiny_model(seed=8, pooling="attention")
+    wave = recording(0.3, seed=11)
+    with torch.jit.optimized_execution(False):
+        streamer = Streamer(model)
+        posts = torch.cat(
+            [streamer.push(wave[i : i + 500]).posteriors for i in range(0, 4800, 500)]
+        )
+    assert isinstance(streamer._step, torch.jit.ScriptModule)
+    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean", "attention"])
 def test_bidirectional_models_are_refused(pooling):
     model = tiny_model(bidirectional=True, pooling=pooling)
