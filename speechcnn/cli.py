@@ -20,10 +20,14 @@ def checkpoint_dir(root: str | None) -> str | None:
 
 
 class SpeechCNNCLI(LightningCLI):
-    """LightningCLI with a best-by-validation-accuracy checkpoint and linked arguments.
+    """LightningCLI with two checkpoints and linked arguments.
 
-    The data module is the single source of the class names and the sample rate; the model
-    receives them through `link_arguments`.
+    `checkpoint` keeps the best epoch by validation accuracy (`best-EEE.ckpt`), what a recipe
+    tests; `last_checkpoint` overwrites `last.ckpt` after every epoch, what an interrupted run
+    resumes from. (ModelCheckpoint's own `save_last` writes last.ckpt only when it saves a
+    best checkpoint, so after an epoch that did not improve it would lose that epoch.) Both
+    live in `<trainer.default_root_dir>/checkpoints`. The data module is the single source of
+    the class names and the sample rate; the model receives them through `link_arguments`.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -33,18 +37,24 @@ class SpeechCNNCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
+                # no monitor and one file: the latest epoch, overwritten in place
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
             }
         )
-        parser.link_arguments(
-            "trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir
-        )
+        for name in ("checkpoint", "last_checkpoint"):
+            parser.link_arguments(
+                "trainer.default_root_dir", f"{name}.dirpath", compute_fn=checkpoint_dir
+            )
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.sample_rate", "model.sample_rate", apply_on="instantiate")
 

@@ -49,7 +49,8 @@ def stacked_config(paths: list[Path]) -> dict:
 def run_recipe(config: str | Path, argv: list[str]) -> dict:
     """Train with `config` plus `--section.key value` overrides, test the best checkpoint.
 
-    A run folder's `checkpoints/last.ckpt` from an interrupted run is resumed. Writes
+    A run folder's `checkpoints/last.ckpt` from an interrupted run (its latest finished epoch)
+    is resumed. Writes
     metrics.json, report.json (per-class precision/recall) and confusion.png to the run's log
     folder and returns the metrics.
     """
@@ -58,8 +59,8 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         cli = SpeechCNNCLI(args=["--config", str(config), *argv], run=False)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
-    checkpoint = trainer.checkpoint_callback
-    last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint and checkpoint.dirpath else None
+    checkpoint, latest = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
+    last = Path(latest.dirpath) / "last.ckpt" if latest.dirpath else None
     resume = str(last) if last is not None and last.is_file() else None
     if resume:
         print(f"resuming from {resume}", flush=True)

@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 
-from speechcnn.cli import main
+from speechcnn.cli import SpeechCNNCLI, main
 from speechcnn.model import ClassifierConfig, build_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +74,54 @@ def test_recipe_prints_and_writes_metrics(recipe_run):
     assert set(report["per_class"]) >= {"yes", "_unknown_", "_silence_"}
     assert (folder / "confusion.png").stat().st_size > 1000
     assert Path(metrics["best_checkpoint"]).is_file()
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1  # the second and last epoch, whether or not it was the best
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_when_validation_got_worse(
+    speech_commands_root, tmp_path
+):
+    # ModelCheckpoint's own save_last would leave last.ckpt at the best epoch (here the first),
+    # and a resumed run would lose the epochs after it.
+    args = [
+        "--config", str(REPO / "recipes/speech_commands.yaml"),
+        "--data.root", str(speech_commands_root), "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    cli = SpeechCNNCLI(args=args, run=False)
+    checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(checkpoints) == 2
+    trainer = pl.Trainer(
+        max_epochs=3, callbacks=checkpoints, logger=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(WorseEveryEpoch())
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best-000.ckpt", "last.ckpt"]
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2
+
+
+class WorseEveryEpoch(pl.LightningModule):
+    """One weight, a few steps an epoch, and a validation accuracy that falls every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: list, batch_idx: int) -> torch.Tensor:
+        return (self.weight - batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: list, batch_idx: int) -> None:
+        self.log("val/acc", 1.0 - 0.1 * self.current_epoch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.ones(4)), batch_size=2)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.ones(2)), batch_size=2)
 
 
 def test_recipe_resumes_from_last_checkpoint(recipe_run):
