@@ -32,14 +32,29 @@ class LoadedModel:
     sample_rate: int
 
 
+class ModelFileError(ValueError):
+    """A model checkpoint that is missing or is not a speechcnn training checkpoint."""
+
+
 def load_classifier(path: str | Path) -> LoadedModel:
-    """The `SpeechClassifier` of a Lightning checkpoint (.ckpt), on CPU, in eval mode."""
+    """The `SpeechClassifier` of a Lightning checkpoint (.ckpt), on CPU, in eval mode.
+
+    Raises:
+        ModelFileError: the file is missing or holds no speechcnn model (the message says which
+            file and why).
+    """
     from speechcnn.training import SpeechClassifierModule  # Lightning: imported only here
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model checkpoint {path} does not exist")
-    module = SpeechClassifierModule.load_from_checkpoint(str(path), map_location="cpu")
+        raise ModelFileError(f"model checkpoint {path} does not exist")
+    try:
+        module = SpeechClassifierModule.load_from_checkpoint(str(path), map_location="cpu")
+    except Exception as error:  # noqa: BLE001 (torch.load and Lightning raise many kinds)
+        raise ModelFileError(
+            f"{path}: not a speechcnn training checkpoint (.ckpt from `speechcnn fit` or a "
+            f"recipe): {type(error).__name__}: {error}"
+        ) from error
     return LoadedModel(
         model=module.inference_model.eval(),
         class_names=list(module.class_names),
@@ -107,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k <= 0:
         parser.error(f"--top-k must be positive, got {args.top_k}")
     torch.set_grad_enabled(False)
-    results = classify_files(load_classifier(args.model), args.files, args.top_k)
+    try:
+        loaded = load_classifier(args.model)
+    except ModelFileError as error:
+        parser.error(str(error))
+    results = classify_files(loaded, args.files, args.top_k)
     failed = 0
     for result in results:
         print(json.dumps(result))
@@ -122,4 +141,11 @@ def cli(argv: list[str]) -> None:
     sys.exit(main(argv))
 
 
-__all__ = ["LoadedModel", "classify_files", "classify_waveforms", "load_classifier", "top_k"]
+__all__ = [
+    "LoadedModel",
+    "ModelFileError",
+    "classify_files",
+    "classify_waveforms",
+    "load_classifier",
+    "top_k",
+]

@@ -292,7 +292,7 @@ def export_all(
 def main(argv: list[str] | None = None) -> None:
     """`speechcnn export MODEL --out-dir DIR [--no-onnx] [--no-int8] [--check FILES...]
     [--accuracy-root DIR]`."""
-    from speechcnn.classify import load_classifier
+    from speechcnn.classify import ModelFileError, load_classifier
     from speechcnn.data.audio import read_audio
 
     parser = argparse.ArgumentParser(
@@ -312,7 +312,10 @@ def main(argv: list[str] | None = None) -> None:
         "--check", nargs="*", default=[], help="audio files to compare exports with PyTorch on"
     )
     args = parser.parse_args(argv)
-    loaded = load_classifier(args.model)
+    try:
+        loaded = load_classifier(args.model)
+    except ModelFileError as error:
+        parser.error(str(error))
     meta = export_all(
         loaded.model, loaded.class_names, args.out_dir, not args.no_onnx, not args.no_int8
     )

@@ -242,8 +242,8 @@ def spot(
 
 def main(argv: list[str] | None = None) -> None:
     """`speechcnn spot MODEL AUDIO [--threshold T] [--smooth-s S] [--refractory-s R] ...`."""
-    from speechcnn.classify import load_classifier
-    from speechcnn.data.audio import read_audio
+    from speechcnn.classify import ModelFileError, load_classifier
+    from speechcnn.data.audio import AudioError, read_audio
 
     defaults = SpotConfig()
     parser = argparse.ArgumentParser(
@@ -271,11 +271,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as error:
         parser.error(str(error))
-    loaded = load_classifier(args.model)
-    samples = read_audio(args.audio, loaded.sample_rate)
     try:
+        loaded = load_classifier(args.model)
+        samples = read_audio(args.audio, loaded.sample_rate)
         detections = spot(loaded.model, loaded.class_names, samples, config)
-    except ValueError as error:  # a model the chosen mode cannot use
+    except (ModelFileError, AudioError, ValueError) as error:
+        # a bad model or audio file, or a model the chosen mode cannot use
         parser.error(str(error))
     for detection in detections:
         print(json.dumps(asdict(detection)))

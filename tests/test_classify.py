@@ -9,7 +9,13 @@ import pytorch_lightning as pl
 import soundfile as sf
 import torch
 
-from speechcnn.classify import classify_files, classify_waveforms, load_classifier, main
+from speechcnn.classify import (
+    ModelFileError,
+    classify_files,
+    classify_waveforms,
+    load_classifier,
+    main,
+)
 from speechcnn.cli import main as cli_main
 from speechcnn.data.audio import read_audio
 from speechcnn.model import ClassifierConfig
@@ -129,3 +135,27 @@ def test_bad_file_reports_error_and_exit_status(tmp_path, capsys):
         cli_main(["classify", str(ckpt), str(bad)])
     assert info.value.code == 1
     assert "error" in json.loads(capsys.readouterr().out.splitlines()[0])
+
+
+def test_missing_audio_and_bad_checkpoints_are_named(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
+    (result,) = classify_files(load_classifier(ckpt), [tmp_path / "gone.wav"])
+    assert result["error"] == f"{tmp_path / 'gone.wav'}: no such file"
+    not_a_model = tmp_path / "notes.ckpt"
+    not_a_model.write_text("not a checkpoint")
+    for model, why in [
+        (tmp_path / "gone.ckpt", "does not exist"),
+        (not_a_model, "not a speechcnn"),
+    ]:
+        with pytest.raises(ModelFileError, match=why):
+            load_classifier(model)
+        for command in (["classify", str(model), str(tmp_path / "a.wav")],
+                        ["spot", str(model), str(tmp_path / "a.wav")],
+                        ["export", str(model), "--out-dir", str(tmp_path / "out")]):  # fmt: skip
+            with pytest.raises(SystemExit) as info:
+                cli_main(command)
+            assert info.value.code == 2  # a usage error with one line, not a traceback
+            assert str(model) in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["spot", str(ckpt), str(tmp_path / "gone.wav")])
+    assert "gone.wav: no such file" in capsys.readouterr().err

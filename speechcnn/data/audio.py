@@ -21,6 +21,8 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
         AudioError: the file is missing, cannot be decoded, is empty, or holds NaN/inf samples.
     """
     path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
     try:
         samples, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
