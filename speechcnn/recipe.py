@@ -50,9 +50,8 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     """Train with `config` plus `--section.key value` overrides, test the best checkpoint.
 
     A run folder's `checkpoints/last.ckpt` from an interrupted run (its latest finished epoch)
-    is resumed. Writes
-    metrics.json, report.json (per-class precision/recall) and confusion.png to the run's log
-    folder and returns the metrics.
+    is resumed. Writes metrics.json, report.json (per-class precision/recall) and confusion.png
+    to the run's log folder and returns the metrics.
     """
     with warnings.catch_warnings():
         # The recipe passes its own config ahead of the command line on purpose.
