@@ -66,7 +66,7 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     assert same[0]["accuracies"][0] == row["accuracies"][0]
     assert not any((tmp_path / "a").glob("*repeat*"))
 
-    # An ensemble of one run is that run; of its two seeds, a valid accuracy.
+    # An ensemble of one run scores what that run scored.
     accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a"),
                    "--ensemble"])  # fmt: skip
     one = json.loads(capsys.readouterr().out.splitlines()[-1])

@@ -53,7 +53,7 @@ def test_stream_track_is_the_streaming_posteriors():
 
 
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
-def test_stream_mode_needs_last_pooling(tmp_path, pooling):
+def test_stream_mode_needs_last_pooling(pooling):
     # Such models stream, but their posterior pools over the whole recording so far.
     with pytest.raises(ValueError, match=f"'{pooling}'.*--mode window"):
         stream_track(tiny_model(pooling=pooling), recording(0.3))
