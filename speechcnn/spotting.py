@@ -242,8 +242,8 @@ def spot(
 
 def main(argv: list[str] | None = None) -> None:
     """`speechcnn spot MODEL AUDIO [--threshold T] [--smooth-s S] [--refractory-s R] ...`."""
-    from speechcnn.classify import ModelFileError, load_classifier
-    from speechcnn.data.audio import AudioError, read_audio
+    from speechcnn.classify import load_classifier
+    from speechcnn.data.audio import read_audio
 
     defaults = SpotConfig()
     parser = argparse.ArgumentParser(
@@ -275,8 +275,9 @@ def main(argv: list[str] | None = None) -> None:
         loaded = load_classifier(args.model)
         samples = read_audio(args.audio, loaded.sample_rate)
         detections = spot(loaded.model, loaded.class_names, samples, config)
-    except (ModelFileError, AudioError, ValueError) as error:
-        # a bad model or audio file, or a model the chosen mode cannot use
+    except ValueError as error:
+        # a bad model or audio file (ModelFileError, AudioError: both ValueErrors), or a
+        # model the chosen mode cannot use
         parser.error(str(error))
     for detection in detections:
         print(json.dumps(asdict(detection)))

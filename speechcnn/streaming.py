@@ -530,20 +530,15 @@ class Streamer:
         self.num_classes: int = model.head.classifier.out_features
         self._no_features = torch.zeros(features.out_features, 0)  # (F, 0)
         self._no_posteriors = torch.zeros(0, self.num_classes)  # (0, K)
+        self.reset()
         # Float models run whole chunks in one compiled call; others (int8) run the compiled
-        # front-end path, then their own LSTM and classifier modules.
-        lstm = model.head.lstm
-        zeros = torch.zeros(lstm.num_layers, lstm.hidden_size)  # an (L, H) LSTM state
-        example = torch.zeros(self.n_fft)  # one frame's samples
+        # front-end path, then their own LSTM and classifier modules. The trial input: one
+        # frame's samples, from the start-of-stream state.
+        example = torch.zeros(self.n_fft)
         self._step = (
-            compiled(
-                FrameStep(model), example, zeros, zeros, empty_pool_state(self.num_classes + 1)
-            )
-            if FrameStep.usable(model)
-            else None
+            compiled(FrameStep(model), example, *self._state) if FrameStep.usable(model) else None
         )
         self._path = None if self._step is not None else compiled(FrameBatchPath(model), example)
-        self.reset()
 
     def reset(self) -> None:
         """Forget the stream: no pending samples, zero LSTM state, frame count 0."""
