@@ -218,12 +218,11 @@ def summarise(config: str, runs: list[dict]) -> dict:
     }
 
 
-def ensemble_accuracy(runs: dict[str, list[dict]], data_root: Path, batch: int = 256) -> dict:
+def ensemble_accuracy(runs: dict[str, list[dict]], data_root: Path) -> dict:
     """Testing-split accuracy of the mean posterior of each configuration's runs, and of all."""
     import torch
 
-    from speechcnn.classify import load_classifier
-    from speechcnn.data.clips import to_float
+    from speechcnn.classify import batched_logits, load_classifier
     from speechcnn.data.speech_commands import SpeechCommandsDataModule
 
     # The testing split as the recipe builds it: its data settings, this data folder.
@@ -235,14 +234,12 @@ def ensemble_accuracy(runs: dict[str, list[dict]], data_root: Path, batch: int =
     mean_posteriors = {}
     with torch.inference_mode():
         for config, config_runs in runs.items():
-            posteriors = []
-            for run in config_runs:
-                model = load_classifier(run["best_checkpoint"]).model
-                parts = [
-                    model(to_float(clips.waveforms[i : i + batch]), clips.lengths[i : i + batch])
-                    for i in range(0, len(clips), batch)
-                ]
-                posteriors.append(torch.cat(parts).softmax(-1))  # (N, K)
+            posteriors = [
+                batched_logits(
+                    load_classifier(run["best_checkpoint"]).model, clips.waveforms, clips.lengths
+                ).softmax(-1)  # (N, K)
+                for run in config_runs
+            ]
             mean_posteriors[config] = torch.stack(posteriors).mean(0)  # (N, K)
 
     def accuracy(posteriors: torch.Tensor) -> float:

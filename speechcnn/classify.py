@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from speechcnn.data.audio import AudioError, read_audio
+from speechcnn.data.clips import to_float
 from speechcnn.model import SpeechClassifier
 
 
@@ -60,6 +61,25 @@ def load_classifier(path: str | Path) -> LoadedModel:
         class_names=list(module.class_names),
         sample_rate=int(module.hparams.sample_rate),
     )
+
+
+@torch.no_grad()
+def batched_logits(
+    model: torch.nn.Module, waveforms: Tensor, lengths: Tensor, batch_size: int = 64
+) -> Tensor:
+    """Logits of a split's padded clips, `batch_size` at a time (bounded memory).
+
+    Args:
+        waveforms: (N, S) int16 or float waveforms, zero-padded past each clip's length.
+        lengths: (N,) valid samples per clip.
+
+    Returns:
+        (N, K) logits.
+    """
+    return torch.cat([
+        model(to_float(waveforms[i : i + batch_size]), lengths[i : i + batch_size])
+        for i in range(0, len(waveforms), batch_size)
+    ])  # fmt: skip
 
 
 @torch.no_grad()
@@ -144,6 +164,7 @@ def cli(argv: list[str]) -> None:
 __all__ = [
     "LoadedModel",
     "ModelFileError",
+    "batched_logits",
     "classify_files",
     "classify_waveforms",
     "load_classifier",

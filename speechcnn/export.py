@@ -214,28 +214,25 @@ def check_exports(
     return diffs
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, waveforms: Tensor, lengths: Tensor, labels: Tensor) -> float:
-    """Fraction of clips classified right: (N, S) float waveforms, (N,) lengths and labels."""
-    correct = 0
-    for start in range(0, len(labels), 64):
-        end = start + 64
-        logits = model(waveforms[start:end], lengths[start:end])  # (B, K)
-        correct += int((logits.argmax(-1) == labels[start:end]).sum())
-    return correct / max(1, len(labels))
+    """Fraction of clips classified right: (N, S) waveforms, (N,) lengths and labels."""
+    from speechcnn.classify import batched_logits
+
+    if len(labels) == 0:
+        return 0.0
+    correct = batched_logits(model, waveforms, lengths).argmax(-1) == labels  # (N,)
+    return int(correct.sum()) / len(labels)
 
 
 def int8_accuracy_change(model: SpeechClassifier, data_root: str | Path) -> dict[str, float]:
     """Float and int8 accuracy on the Speech Commands testing split (12-class task)."""
-    from speechcnn.data.clips import to_float
     from speechcnn.data.speech_commands import SpeechCommandsDataModule
 
     data = SpeechCommandsDataModule(root=str(data_root), sample_rate=model.features.sample_rate)
     data.setup("test")
     clips = data.clips["test"]
-    waveforms = to_float(clips.waveforms)
-    float_acc = accuracy(_eval_copy(model), waveforms, clips.lengths, clips.labels)
-    int8_acc = accuracy(quantize_int8(model), waveforms, clips.lengths, clips.labels)
+    float_acc = accuracy(_eval_copy(model), clips.waveforms, clips.lengths, clips.labels)
+    int8_acc = accuracy(quantize_int8(model), clips.waveforms, clips.lengths, clips.labels)
     return {
         "test_clips": len(clips),
         "float_acc": round(float_acc, 4),

@@ -113,3 +113,21 @@ def test_export_command(tmp_path, capsys):
 def test_mfcc_model_has_no_dft_log_mel():
     with pytest.raises(ValueError, match="MFCC"):
         DFTLogMel(tiny_model(n_mfcc=8).features)
+
+
+def test_int8_accuracy_change_scores_the_testing_split(speech_commands_root):
+    from speechcnn.data.speech_commands import SpeechCommandsDataModule
+    from speechcnn.export import int8_accuracy_change
+
+    model = tiny_model(seed=2)
+    result = int8_accuracy_change(model, speech_commands_root)
+    data = SpeechCommandsDataModule(root=str(speech_commands_root))
+    data.setup("test")
+    test = data.clips["test"]
+    with torch.no_grad():  # the whole split in one batch, as the reference
+        logits = model(test.waveforms.float() / 32768.0, test.lengths)
+    expected = float((logits.argmax(-1) == test.labels).float().mean())
+    assert result["test_clips"] == len(test)
+    assert result["float_acc"] == pytest.approx(expected, abs=1e-4)
+    assert 0.0 <= result["int8_acc"] <= 1.0
+    assert result["change"] == pytest.approx(result["int8_acc"] - result["float_acc"], abs=1e-4)
