@@ -1,14 +1,20 @@
 """The timing benchmarks run end to end at tiny sizes and print the figures they promise.
 
-(benchmarks/accuracy.py has its own test; these check the scripts work, not their speed.)
+(benchmarks/accuracy.py has its own test; these check the scripts work, not their speed, and
+how the spotting benchmark scores detections.)
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from test_classify import make_checkpoint
+
+from speechcnn.spotting import Detection
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,3 +53,41 @@ def test_train_throughput_benchmark(tmp_path):
     assert all(v > 0 for v in line["samples_per_s"].values())
     assert set(line["ratios"]) == {"a/b", "a/c1"}
     assert line["projected_epoch_s_84843"]["a"] > 0
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spotting_hits_need_the_right_word_over_the_word_centre():
+    spotting = load_benchmark("spotting")
+    sr = 16000
+    clip = 0.001 * np.random.default_rng(0).standard_normal(sr)
+    clip[int(0.7 * sr) : int(0.9 * sr)] += np.sin(np.arange(int(0.2 * sr)) * 0.3)  # the word
+    assert spotting.word_centre(clip, sr) == pytest.approx(0.8, abs=0.011)
+    truth = [{"word": "yes", "start": 10.0, "end": 11.0, "centre": 10.8}]
+    detections = [
+        Detection("yes", 10.7, 11.7, 0.9),  # overlaps the clip by 0.3 s but holds the word: hit
+        Detection("yes", 10.75, 11.75, 0.9),  # the same clip again: a false alarm
+        Detection("no", 10.0, 11.0, 0.9),  # the wrong word
+        Detection("yes", 10.85, 11.85, 0.9),  # misses the word's centre
+    ]
+    result = spotting.score(detections, truth, seconds=3600.0)
+    assert result["detection_rate"] == 1.0 and result["false_alarms"] == 3
+    assert result["fa_per_hour"] == 3.0
+
+
+def test_spotting_benchmark(tmp_path, speech_commands_root):
+    ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
+    line = run_json(
+        "benchmarks/spotting.py", str(ckpt), "--data-root", str(speech_commands_root),
+        "--out-dir", str(tmp_path / "spot"), "--plot", str(tmp_path / "curve.png"),
+    )  # fmt: skip
+    assert line["test_keywords"] == 30  # 3 testing clips of each of the 10 keywords
+    assert 0.0 <= line["test_detection_rate"] <= 1.0 and line["test_fa_per_hour"] >= 0.0
+    assert line["test_stream_minutes"] > 1.0 and (tmp_path / "curve.png").stat().st_size > 0
+    truth = json.loads((tmp_path / "spot" / "testing_list_truth.json").read_text())
+    assert len(truth) == 42 and all(g["end"] - g["start"] == pytest.approx(1.0) for g in truth)
