@@ -89,5 +89,6 @@ def test_spotting_benchmark(tmp_path, speech_commands_root):
     assert line["test_keywords"] == 30  # 3 testing clips of each of the 10 keywords
     assert 0.0 <= line["test_detection_rate"] <= 1.0 and line["test_fa_per_hour"] >= 0.0
     assert line["test_stream_minutes"] > 1.0 and (tmp_path / "curve.png").stat().st_size > 0
+    assert set(line["test_clip_posteriors"]) == {"0.5", "0.9", "0.95"}  # of "yes" and "no"
     truth = json.loads((tmp_path / "spot" / "testing_list_truth.json").read_text())
     assert len(truth) == 42 and all(g["end"] - g["start"] == pytest.approx(1.0) for g in truth)
