@@ -9,10 +9,10 @@ the offline model on the whole recording (up to float rounding; the tests check 
 The posterior at frame t is the model's posterior for the clip of frames 0..t (since the
 stream began or was reset), so at a clip's last frame it equals the offline posterior of the
 whole clip. Each pooling has a streaming form (`LSTMHead.prefix_logits` is the reference):
-"last" classifies the LSTM output at t; "mean" and "attention" carry running softmax-weighted
-sums (`prefix_pool`). The classifier is linear and the weights sum to 1, so the pooled vector's
-logits are the weighted mean of every frame's logits: the sums run over K + 1 values a frame
-(1 for the denominator, and the logits), not over the LSTM's H outputs.
+"last" classifies the LSTM output at t; "mean" and "attention" carry a running softmax-weighted
+mean (`pool_frame`, `prefix_pool`). The classifier is linear and the weights sum to 1, so the
+pooled vector's logits are the weighted mean of every frame's logits: the stream carries the
+K pooled logits and the log of the weights' total, not the LSTM's H outputs.
 "last" suits endless streams; "mean" and "attention" pool over everything since the last reset,
 so they suit one utterance at a time (push-to-talk, or a reset per detected utterance).
 """
@@ -75,36 +75,58 @@ def offline_posteriors(model: SpeechClassifier, waveforms: Tensor) -> Tensor:
     return model.head.prefix_logits(outputs).softmax(dim=-1)  # (B, T, K)
 
 
-def prefix_pool(values: Tensor, scores: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-    """Softmax-weighted means of `values` over every prefix of a stream, chunk by chunk.
+def pool_frame(
+    score: Tensor, values: Tensor, log_total: Tensor, pooled: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One frame's step of a running softmax-weighted mean.
 
-    Row t of the result is sum_u exp(s_u) v_u / sum_u exp(s_u) over the frames u <= t since
-    the stream began. The sums are kept relative to the largest score so far, so exp never
-    overflows; a frame's weight underflows only when its score is about 87 below the chunk's
-    largest, which `FrameStep` rules out by bounding the scores' range.
+    With L = log sum_u exp(s_u) and P = sum_u exp(s_u - L) v_u over the frames so far, a new
+    frame (s, v) takes P to P + sigmoid(s - L) (v - P) and L to s + softplus(L - s). Nothing
+    overflows or underflows to a wrong result, however far apart the scores: a weight that
+    underflows is one that rounding would lose anyway.
 
     Args:
-        values: (T, V) the chunk's frames, each with 1 in column 0 (its weight's
-            denominator term) and what to average in the rest.
-        scores: (T,) their scores (zeros for mean pooling).
-        state: (V + 1,) the largest score and the V weighted sums before the chunk;
-            `empty_pool_state(V)` at the start of a stream.
+        score: (1,) the frame's score (0 for mean pooling).
+        values: (V,) what it adds to the mean (its logits).
+        log_total: (1,) L before the frame; -inf at the start of a stream (`empty_pool_state`).
+        pooled: (V,) P before the frame (zeros at the start).
 
     Returns:
-        (T, V - 1) the prefixes' means of columns 1.., and the (V + 1,) state after the chunk.
+        The (V,) mean and the (1,) L after the frame.
     """
-    top = torch.maximum(state[0], scores.max())  # the largest score so far
-    decay = torch.exp(state[0] - top)  # rescales the carried sums to the new maximum
+    gap = score - log_total
+    return torch.lerp(pooled, values, torch.sigmoid(gap)), score + F.softplus(-gap)
+
+
+def prefix_pool(
+    scores: Tensor, values: Tensor, log_total: Tensor, pooled: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`pool_frame` over a whole chunk at once: the mean after each of its frames.
+
+    The sums are taken relative to the largest score so far, so exp never overflows; a frame's
+    weight underflows (and an early row may become 0/0) only when its score is about 87 below
+    that largest score, which `FrameStep` rules out by bounding the scores' range.
+
+    Args:
+        scores: (T,) the chunk's scores; values: (T, V) its values.
+        log_total, pooled: (1,) and (V,), the state before the chunk (see `pool_frame`).
+
+    Returns:
+        (T, V) the means after each frame, and the (V,) mean and (1,) L after the last.
+    """
+    top = torch.maximum(log_total, scores.max())  # (1,) the largest score so far
+    carried = torch.exp(log_total - top)  # (1,) the weight of the frames before the chunk
     weights = torch.exp(scores - top)  # (T,)
-    sums = state[1:] * decay + torch.cumsum(weights[:, None] * values, 0)  # (T, V)
-    return sums[:, 1:] / sums[:, :1], torch.cat([top.reshape(1), sums[-1]])
+    totals = torch.cumsum(weights, 0) + carried  # (T,)
+    sums = torch.cumsum(weights[:, None] * values, 0) + carried * pooled  # (T, V)
+    means = sums / totals[:, None]
+    return means, means[-1], top + torch.log(totals[-1:])
 
 
-def empty_pool_state(num_values: int) -> Tensor:
-    """The `prefix_pool` state before a stream's first frame: no score seen, zero sums."""
-    state = torch.zeros(num_values + 1)
-    state[0] = float("-inf")
-    return state
+def empty_pool_state(num_values: int) -> tuple[Tensor, Tensor]:
+    """The pooling state before a stream's first frame: L = -inf (no weight yet) and a (V,)
+    mean of zeros (see `pool_frame`)."""
+    return torch.full((1,), float("-inf")), torch.zeros(num_values)
 
 
 # Largest (F, F' * C') matrix (in elements) for which FrameBatchPath runs the input norm and the
@@ -381,8 +403,8 @@ class FrameStep(nn.Module):
         self.max_step_frames = max_step_frames
         self.register_buffer("classifier_weight", classifier.weight.detach().cpu().T.contiguous())
         self.register_buffer("classifier_bias", classifier.bias.detach().cpu().clone())
-        # "mean" and "attention": one product gives each frame's score, a 1 and its logits,
-        # the `prefix_pool` values (H, 2 + K); "mean" scores every frame 0
+        # "mean" and "attention": one product gives each frame's score and logits, (H, 1 + K);
+        # "mean" scores every frame 0
         self.pooling: str = model.head.pooling
         hidden, attention = lstm.hidden_size, model.head.attention
         if attention is None:
@@ -391,10 +413,8 @@ class FrameStep(nn.Module):
             score_weight = attention.weight.detach().cpu().T  # (1, H) -> (H, 1)
             score_bias = attention.bias.detach().cpu()
         weight, bias = classifier.weight.detach().cpu(), classifier.bias.detach().cpu()
-        self.register_buffer(
-            "pool_weight", torch.cat([score_weight, torch.zeros(hidden, 1), weight.T], 1)
-        )  # (H, 2 + K)
-        self.register_buffer("pool_bias", torch.cat([score_bias, torch.ones(1), bias]))
+        self.register_buffer("pool_weight", torch.cat([score_weight, weight.T], 1))  # (H, 1 + K)
+        self.register_buffer("pool_bias", torch.cat([score_bias, bias]))
         # LSTM outputs lie in (-1, 1), so the scores of any two frames differ by at most 2 |w|_1
         score_range = 2 * float(score_weight.abs().sum())
         self.pool_whole_chunk = score_range <= MAX_CHUNK_SCORE_RANGE
@@ -415,14 +435,15 @@ class FrameStep(nn.Module):
         )
 
     def forward(
-        self, span: Tensor, h: Tensor, c: Tensor, pool: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        self, span: Tensor, h: Tensor, c: Tensor, log_total: Tensor, pooled: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Features and posteriors of every whole frame of `span`, and the new stream state.
 
         Args:
             span: (S,) samples, S = (T - 1) * hop + n_fft.
             h, c: (L, H) LSTM state before the span's first frame.
-            pool: (K + 2,) `prefix_pool` state ("mean" and "attention"; unused for "last").
+            log_total, pooled: (1,) and (K,) pooling state (see `pool_frame`; "mean" and
+                "attention" only, passed through by "last").
 
         Returns:
             (T, F) features, (T, K) posteriors, and the (L, H) h and c and the pooling state
@@ -448,16 +469,19 @@ class FrameStep(nn.Module):
         if self.pooling == "last":
             logits = torch.addmm(self.classifier_bias, x, self.classifier_weight)  # (T, K)
         else:
-            scored = torch.addmm(self.pool_bias, x, self.pool_weight)  # (T, 2 + K)
-            if self.pool_whole_chunk:
-                logits, pool = prefix_pool(scored[:, 1:], scored[:, 0], pool)
-            else:
+            scored = torch.addmm(self.pool_bias, x, self.pool_weight)  # (T, 1 + K)
+            if x.shape[0] > self.max_step_frames and self.pool_whole_chunk:
+                logits, pooled, log_total = prefix_pool(
+                    scored[:, 0], scored[:, 1:], log_total, pooled
+                )
+            else:  # a few frames: fewer operations one by one
                 rows: list[Tensor] = []
                 for t in range(x.shape[0]):
-                    row, pool = prefix_pool(scored[t : t + 1, 1:], scored[t : t + 1, 0], pool)
-                    rows.append(row)
-                logits = torch.cat(rows, 0)
-        return features, logits.softmax(-1), h, c, pool
+                    pooled, log_total = pool_frame(scored[t, :1], scored[t, 1:], log_total, pooled)
+                    rows.append(pooled)
+                # T x (K,) -> (T, K)
+                logits = rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows, 0)
+        return features, logits.softmax(-1), h, c, log_total, pooled
 
     def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The stacked LSTM frame by frame: (T, D), (L, H), (L, H) -> (T, H), (L, H), (L, H)."""
@@ -545,11 +569,11 @@ class Streamer:
         self._pending = torch.zeros(0)
         lstm = self.model.head.lstm
         zeros = torch.zeros(lstm.num_layers, lstm.hidden_size)
-        # (h, c), each (L, H), and the pooling's running sums of 1 and the K logits
-        self._state: tuple[Tensor, Tensor, Tensor] = (
+        # (h, c), each (L, H), and the pooling's log total weight (1,) and mean logits (K,)
+        self._state: tuple[Tensor, Tensor, Tensor, Tensor] = (
             zeros,
             zeros,
-            empty_pool_state(1 + self.num_classes),
+            *empty_pool_state(self.num_classes),
         )
         self.frames_done = 0
         self.samples_seen = 0
@@ -603,29 +627,28 @@ class Streamer:
     def _frames(self, span: Tensor) -> tuple[Tensor, Tensor]:
         """Features (F, T) and posteriors (T, K) of the frames that `span` (S,) holds exactly."""
         if self._step is not None:
-            features, posteriors, h, c, pool = self._step(span, *self._state)  # (T, F), (T, K)
-            self._state = (h, c, pool)
+            features, posteriors, *state = self._step(span, *self._state)  # (T, F), (T, K)
+            self._state = tuple(state)
             return features.T, posteriors  # (T, F) -> (F, T)
         head = self.model.head
         features, embedded = self._path(span)  # (T, F), (T, D)
         # (T, D) -> (1, T, D); state (L, H) -> (L, 1, H), nn.LSTM's layout
         state = (self._state[0].unsqueeze(1), self._state[1].unsqueeze(1))
         outputs, (h, c) = head.lstm(embedded.unsqueeze(0), state)  # (1, T, H)
-        logits, pool = head.classifier(outputs[0]), self._state[2]  # (T, K)
+        logits = head.classifier(outputs[0])  # (T, K)
+        log_total, pooled = self._state[2:]
         if head.pooling != "last":
-            n_frames = logits.shape[0]
             if head.attention is None:
-                scores = logits.new_zeros(n_frames)
+                scores = logits.new_zeros(logits.shape[0], 1)
             else:
-                scores = head.attention(outputs[0])[:, 0]  # (T, 1) -> (T,)
-            values = torch.cat([logits.new_ones(n_frames, 1), logits], 1)  # (T, 1 + K)
+                scores = head.attention(outputs[0])  # (T, 1)
             # one frame at a time: this path makes no assumption on the scores' range
             rows = []
-            for t in range(n_frames):
-                row, pool = prefix_pool(values[t : t + 1], scores[t : t + 1], pool)
-                rows.append(row)
-            logits = torch.cat(rows)
-        self._state = (h[:, 0], c[:, 0], pool)
+            for score, values in zip(scores, logits, strict=True):
+                pooled, log_total = pool_frame(score, values, log_total, pooled)
+                rows.append(pooled)
+            logits = torch.stack(rows)  # T x (K,) -> (T, K)
+        self._state = (h[:, 0], c[:, 0], log_total, pooled)
         return features.T, logits.softmax(dim=-1)  # (T, F) -> (F, T)
 
 
@@ -656,6 +679,7 @@ __all__ = [
     "check_streamable",
     "empty_pool_state",
     "offline_posteriors",
+    "pool_frame",
     "prefix_pool",
     "stream_posteriors",
 ]

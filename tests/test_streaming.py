@@ -190,17 +190,29 @@ def test_attention_pools_frame_by_frame_when_scores_could_underflow(monkeypatch)
     assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
 
 
-def test_prefix_pool_carries_its_state_and_never_overflows():
+def test_pooling_carries_its_state_and_never_overflows():
     x = torch.randn(6, 3)
-    values = torch.cat([torch.ones(6, 1), x], 1)  # (T, 1 + 3): the denominator's 1, then x
-    # exp(1000) overflows float32; a range of 80 is the widest pooled in one go
+    # exp(1000) overflows float32; a range of 80 is the widest pooled a chunk at a time
     scores = torch.tensor([1000.0, 1050.0, 980.0, 1001.0, 1060.0, 1002.0])
-    whole, _ = streaming.prefix_pool(values, scores, streaming.empty_pool_state(4))
-    first, state = streaming.prefix_pool(values[:2], scores[:2], streaming.empty_pool_state(4))
-    rest, _ = streaming.prefix_pool(values[2:], scores[2:], state)
     reference = torch.stack([x[: t + 1].T @ scores[: t + 1].softmax(0) for t in range(6)])
+    whole, _, log_total = streaming.prefix_pool(scores, x, *streaming.empty_pool_state(3))
+    first, pooled, carried = streaming.prefix_pool(
+        scores[:2], x[:2], *streaming.empty_pool_state(3)
+    )
+    rest, _, _ = streaming.prefix_pool(scores[2:], x[2:], carried, pooled)
     torch.testing.assert_close(whole, reference)
     torch.testing.assert_close(torch.cat([first, rest]), reference)
+    torch.testing.assert_close(log_total, torch.logsumexp(scores, 0, keepdim=True))
+    # frame by frame, any range at all: a score 5000 below the rest weighs nothing
+    scores[2] = -4000.0
+    reference = torch.stack([x[: t + 1].T @ scores[: t + 1].softmax(0) for t in range(6)])
+    log_total, pooled = streaming.empty_pool_state(3)
+    rows = []
+    for t in range(6):
+        pooled, log_total = streaming.pool_frame(scores[t : t + 1], x[t], log_total, pooled)
+        rows.append(pooled)
+    torch.testing.assert_close(torch.stack(rows), reference)
+    torch.testing.assert_close(log_total, torch.logsumexp(scores, 0, keepdim=True))
 
 
 def test_streams_where_a_frozen_module_cannot_run():
