@@ -6,8 +6,10 @@ Each configuration is a `+`-joined list of YAML files under recipes/ (without `.
 paths to YAML files, layered in order on the recipe's own config (`recipes/speech_commands.yaml`);
 `default` alone is the recipe as it is. Every (configuration, seed) trains in its own process with
 `recipes/speech_commands.py` into `<out-dir>/<name>/seed<k>`; a finished run's result.json is
-reused while its settings and data folder are unchanged (whatever name it was trained under), so
-an interrupted study picks up where it stopped. Prints one JSON line per configuration
+reused while its settings and data folder are unchanged (whatever name it was trained under;
+settings are compared with every default filled in), so an interrupted study picks up where it
+stopped. A run whose name now means other settings is moved aside (`seed<k>.replaced-<time>`)
+and trained again. Prints one JSON line per configuration
 (parameters, multiply-accumulates per second of audio, mean and standard deviation of the
 12-class testing-split accuracy over the seeds, training minutes) and writes a Markdown table and
 a parameters-vs-accuracy plot. With --ensemble it also scores the averaged posteriors of the
@@ -22,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -85,25 +86,96 @@ def merged_config(config: str) -> dict:
     return stacked_config([RECIPES / "speech_commands.yaml", *config_files(config)])
 
 
-def fingerprint(config: str, data_root: Path) -> str:
-    """What a run's result depends on: the merged model and data settings, the epochs and the
-    data folder. A finished run is reused only while this matches."""
-    merged = merged_config(config)
-    key = {
-        "model": merged.get("model"),
-        "data": merged.get("data"),
-        "max_epochs": merged.get("trainer", {}).get("max_epochs"),
+# Data-module arguments that do not change what a run learns (where and how clips are read).
+NOT_SETTINGS = {"root", "download", "url", "test_url", "cache", "cache_dir", "check", "num_workers"}
+
+
+def _normal(value: object) -> object:
+    """Numbers as floats, tuples as lists, keys sorted: 12 and 12.0 are the same setting."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _normal(v) for k, v in sorted(value.items())}
+    return str(value)
+
+
+def effective_settings(config: dict, data_root: Path) -> dict:
+    """What a run's result depends on, every default filled in: the model and data settings of
+    a (merged or saved) LightningCLI config, the epochs and the data folder. A setting written
+    out at its default value and one left out are the same, so pinning a default in a study
+    layer (after the recipe's default moved) leaves the layer's finished runs valid."""
+    import dataclasses
+    import inspect
+
+    from speechcnn.data import SpeechCommandsDataModule
+    from speechcnn.model import ClassifierConfig
+    from speechcnn.training import SpeechClassifierModule
+
+    def defaults(function: object) -> dict:
+        parameters = inspect.signature(function).parameters.values()
+        return {p.name: p.default for p in parameters if p.default is not p.empty}
+
+    model = dict(config.get("model") or {})
+    data = dict(config.get("data") or {})
+    module_defaults = defaults(SpeechClassifierModule.__init__)
+    module_defaults.pop("net", None)
+    data_defaults = defaults(SpeechCommandsDataModule.__init__)
+    init = data.get("init_args") or {}
+    return _normal({
+        "net": dataclasses.asdict(ClassifierConfig()) | (model.get("net") or {}),
+        "module": module_defaults | {k: v for k, v in model.items() if k in module_defaults},
+        "data_class": data.get("class_path"),
+        "data": {
+            k: v for k, v in (data_defaults | init).items() if k in data_defaults
+            and k not in NOT_SETTINGS
+        },
+        "max_epochs": (config.get("trainer") or {}).get("max_epochs"),
         "data_root": str(data_root.resolve()),
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    })  # fmt: skip
+
+
+def _hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(config: str, data_root: Path) -> str:
+    """The fingerprint of a configuration's effective settings on a data folder. A finished run
+    is reused only while it matches."""
+    return _hash(effective_settings(merged_config(config), data_root))
+
+
+_SAVED: dict[Path, str | None] = {}
+
+
+def saved_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of the settings a finished run was trained with, from the config.yaml
+    LightningCLI saved next to its logs (None if there is none)."""
+    if run_dir not in _SAVED:
+        import yaml
+
+        saved = sorted(run_dir.glob("lightning_logs/version_*/config.yaml"))
+        if not saved:
+            _SAVED[run_dir] = None
+        else:
+            config = yaml.safe_load(saved[-1].read_text())
+            root = Path((config.get("data", {}).get("init_args") or {}).get("root", ""))
+            _SAVED[run_dir] = _hash(effective_settings(config, ROOT / root))
+    return _SAVED[run_dir]
 
 
 def finished_run(out_dir: Path, run_fingerprint: str, seed: int) -> dict | None:
     """A finished run under `out_dir` with these settings and this seed, whatever name it was
-    trained under: a preset that takes in study layers is the run of those layers."""
+    trained under: a preset that takes in study layers is the run of those layers. Settings are
+    compared as the run recorded them, else as its saved config.yaml holds them."""
     for result_file in sorted(out_dir.glob(f"*/seed{seed}/result.json")):
         result = json.loads(result_file.read_text())
         if result.get("fingerprint") == run_fingerprint:
+            return result
+        if saved_fingerprint(result_file.parent) == run_fingerprint:
             return result
     return None
 
@@ -131,8 +203,11 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
         if (result := finished_run(args.out_dir, run_fingerprint, seed)) is not None:
             return result  # this name's own run, or the same settings under another name
         if result_file.is_file():
-            print(f"# {config} seed {seed}: configuration changed, retraining", file=sys.stderr)
-            shutil.rmtree(run_dir)
+            # kept, not deleted: the run of the settings this name used to mean
+            kept = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            print(f"# {config} seed {seed}: configuration changed, retraining (the old run is "
+                  f"kept in {kept})", file=sys.stderr)  # fmt: skip
+            run_dir.rename(kept)
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(RECIPES / "speech_commands.py")]
     for f in config_files(config):

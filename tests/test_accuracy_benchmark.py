@@ -78,10 +78,28 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
     assert fresh[0]["accuracies"] == row["accuracies"][:1]
 
-    # Changed settings are retrained, not reused; a comment is not a change.
+    # Changed settings are retrained, not reused; a comment is not a change, nor is a layer that
+    # writes out settings at their defaults (how a study layer stays valid when the recipe's
+    # default moves).
     tiny.write_text(TINY + "# a comment\n")
     accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert result.stat().st_mtime_ns == stamp
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text("model:\n  net: {freq_warp: 0.0}\ndata:\n  init_args: {gain_db: 0}\n")
+    same = accuracy.main([f"{tiny}+{pinned}", *common, "--seeds", "0", "--out-dir",
+                          str(tmp_path / "a")])  # fmt: skip
+    assert same[0]["accuracies"][0] == row["accuracies"][0]
+    assert result.stat().st_mtime_ns == stamp and not any((tmp_path / "a").glob("*pinned*"))
+    # A run recorded under an older fingerprint is still found, from the config it saved.
+    recorded = json.loads(result.read_text())
+    result.write_text(json.dumps(recorded | {"fingerprint": "from-an-older-version"}))
+    stamp = result.stat().st_mtime_ns
+    again = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert again[0]["accuracies"][0] == row["accuracies"][0]
     assert result.stat().st_mtime_ns == stamp
     tiny.write_text(TINY.replace("max_epochs: 2", "max_epochs: 1"))
     changed = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
     assert result.stat().st_mtime_ns != stamp and changed[0]["epochs"] == 1
+    # The run the old settings made is kept beside the new one, not deleted.
+    (kept,) = result.parent.parent.glob("seed0.replaced-*")
+    assert json.loads((kept / "result.json").read_text())["test_accuracy"] == row["accuracies"][0]
