@@ -28,7 +28,8 @@ def test_cli_parses_recipe_yaml(capsys):
         main(["fit", "--config", str(REPO / "recipes/speech_commands.yaml"), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert "SpeechCommandsDataModule" in printed and "lstm_hidden: 128" in printed
+    assert "SpeechCommandsDataModule" in printed and "lstm_hidden: 176" in printed
+    assert "freq_warp: 0.1" in printed and "gain_db: 12.0" in printed
     assert "class_names" not in printed.split("model:")[1].split("data:")[0]  # linked, not set
 
 
@@ -46,7 +47,7 @@ def test_streaming_preset_layers_on_recipe(capsys):
             ]
         )
     printed = capsys.readouterr().out
-    assert "pooling: last" in printed and "lstm_hidden: 128" in printed
+    assert "pooling: last" in printed and "lstm_hidden: 176" in printed
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +163,14 @@ def test_default_recipe_holds_the_study_winner():
     accuracy = _accuracy_benchmark()
     winner = accuracy.merged_config(accuracy.DEFAULT_FROM)
     default = accuracy.merged_config("default")
-    assert default["model"] == winner["model"]
-    assert default["data"] == winner["data"]
-    assert default["trainer"]["max_epochs"] == winner["trainer"]["max_epochs"]
+    root = REPO / "data"
+    assert accuracy.effective_settings(default, root) == accuracy.effective_settings(winner, root)
     assert _parameters(default) <= 500_000
+    # The study's rows mean what they meant when they were trained: its starting point pins
+    # the settings the default took on since.
+    base = accuracy.effective_settings(accuracy.merged_config("study/base"), root)
+    assert base["net"]["lstm_layers"] == 2 and base["net"]["freq_warp"] == 0.0
+    assert base["data"]["gain_db"] == 0.0
 
 
 def test_presets_small_and_streamable():
