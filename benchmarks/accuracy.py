@@ -339,7 +339,8 @@ def markdown_table(rows: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        name = r["name"] + (" (recipe default)" if r["config"] == DEFAULT_FROM else "")
+        marks = {DEFAULT_FROM: " (recipe default)", PREVIOUS_DEFAULT: " (default until session 5)"}
+        name = r["name"] + marks.get(r["config"], "")
         if len(r["seeds"]) > 1:
             accuracy = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
         else:
