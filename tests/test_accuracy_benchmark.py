@@ -85,7 +85,7 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
     assert result.stat().st_mtime_ns == stamp
     pinned = tmp_path / "pinned.yaml"
-    pinned.write_text("model:\n  net: {freq_warp: 0.0}\ndata:\n  init_args: {gain_db: 0}\n")
+    pinned.write_text("model:\n  compile: false\ndata:\n  init_args: {speed_perturb: 0}\n")
     same = accuracy.main([f"{tiny}+{pinned}", *common, "--seeds", "0", "--out-dir",
                           str(tmp_path / "a")])  # fmt: skip
     assert same[0]["accuracies"][0] == row["accuracies"][0]
