@@ -21,6 +21,7 @@ same testing clips.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -107,11 +108,10 @@ def _normal(value: object) -> object:
     return str(value)
 
 
-def effective_settings(config: dict, data_root: Path) -> dict:
-    """What a run's result depends on, every default filled in: the model and data settings of
-    a (merged or saved) LightningCLI config, the epochs and the data folder. A setting written
-    out at its default value and one left out are the same, so pinning a default in a study
-    layer (after the recipe's default moved) leaves the layer's finished runs valid."""
+@functools.cache
+def _defaults() -> tuple[dict, dict, dict]:
+    """The code's defaults: of the network, of the LightningModule's other arguments and of
+    the data module's (read once)."""
     import dataclasses
     import inspect
 
@@ -123,14 +123,23 @@ def effective_settings(config: dict, data_root: Path) -> dict:
         parameters = inspect.signature(function).parameters.values()
         return {p.name: p.default for p in parameters if p.default is not p.empty}
 
+    module = defaults(SpeechClassifierModule.__init__)
+    module.pop("net", None)
+    data = defaults(SpeechCommandsDataModule.__init__)
+    return dataclasses.asdict(ClassifierConfig()), module, data
+
+
+def effective_settings(config: dict, data_root: Path) -> dict:
+    """What a run's result depends on, every default filled in: the model and data settings of
+    a (merged or saved) LightningCLI config, the epochs and the data folder. A setting written
+    out at its default value and one left out are the same, so pinning a default in a study
+    layer (after the recipe's default moved) leaves the layer's finished runs valid."""
+    net_defaults, module_defaults, data_defaults = _defaults()
     model = dict(config.get("model") or {})
     data = dict(config.get("data") or {})
-    module_defaults = defaults(SpeechClassifierModule.__init__)
-    module_defaults.pop("net", None)
-    data_defaults = defaults(SpeechCommandsDataModule.__init__)
     init = data.get("init_args") or {}
     return _normal({
-        "net": dataclasses.asdict(ClassifierConfig()) | (model.get("net") or {}),
+        "net": net_defaults | (model.get("net") or {}),
         "module": module_defaults | {k: v for k, v in model.items() if k in module_defaults},
         "data_class": data.get("class_path"),
         "data": {

@@ -162,8 +162,8 @@ def main() -> None:
     for split, list_name in [("val", "validation_list.txt"), ("test", "testing_list.txt")]:
         sr = loaded.sample_rate
         stream, truth = build_stream(root, list_name, out_dir, args.seed + (split == "test"), sr)
-        for g in truth:
-            clip = stream[round(g["start"] * sr) : round(g["end"] * sr)]
+        clips = [stream[round(g["start"] * sr) : round(g["end"] * sr)] for g in truth]
+        for g, clip in zip(truth, clips, strict=True):
             g["centre"] = g["start"] + word_centre(clip, sr)
         seconds = len(stream) / sr
         start = time.perf_counter()
@@ -172,10 +172,13 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         rows = sweep(track, loaded.class_names, truth, seconds, args)
         results[split] = {"seconds": seconds, "rows": rows, "track_seconds": elapsed}
-        keywords = [g for g in truth if g["word"] in KEYWORDS and g["word"] in loaded.class_names]
-        clips = [stream[round(g["start"] * sr) : round(g["end"] * sr)] for g in keywords]
-        labels = [loaded.class_names.index(g["word"]) for g in keywords]
-        probs = classify_waveforms(loaded.model, clips)[range(len(clips)), labels].numpy()
+        kept = [
+            (clip, loaded.class_names.index(g["word"]))
+            for g, clip in zip(truth, clips, strict=True)
+            if g["word"] in KEYWORDS and g["word"] in loaded.class_names
+        ]
+        probs = classify_waveforms(loaded.model, [clip for clip, _ in kept])
+        probs = probs[range(len(kept)), [label for _, label in kept]].numpy()
         results[split]["clip_posteriors"] = {
             f"{th:g}": round(float(np.mean(probs >= th)), 4) for th in (0.5, 0.9, 0.95)
         }
