@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as pl
 from jsonargparse import ArgumentParser
@@ -20,14 +21,16 @@ def checkpoint_dir(root: str | None) -> str | None:
 
 
 class SpeechCNNCLI(LightningCLI):
-    """LightningCLI with two checkpoints and linked arguments.
+    """LightningCLI with two checkpoints, the recipe's test rule and linked arguments.
 
-    `checkpoint` keeps the best epoch by validation accuracy (`best-EEE.ckpt`), what a recipe
-    tests; `last_checkpoint` overwrites `last.ckpt` after every epoch, what an interrupted run
-    resumes from. (ModelCheckpoint's own `save_last` writes last.ckpt only when it saves a
-    best checkpoint, so after an epoch that did not improve it would lose that epoch.) Both
-    live in `<trainer.default_root_dir>/checkpoints`. The data module is the single source of
-    the class names and the sample rate; the model receives them through `link_arguments`.
+    `checkpoint` keeps the best epoch by validation accuracy (`best-EEE.ckpt`); `last_checkpoint`
+    overwrites `last.ckpt` after every epoch, what an interrupted run resumes from and, after
+    the last epoch, the trained model. (ModelCheckpoint's own `save_last` writes last.ckpt only
+    when it saves a best checkpoint, so after an epoch that did not improve it would lose that
+    epoch.) `test_checkpoint` says which of the two a recipe tests and reports
+    (`speechcnn.recipe`; `speechcnn test` takes `--ckpt_path` instead). Both checkpoints live in
+    `<trainer.default_root_dir>/checkpoints`. The data module is the single source of the class
+    names and the sample rate; the model receives them through `link_arguments`.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -38,6 +41,14 @@ class SpeechCNNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_argument(
+            "--test_checkpoint",
+            type=Literal["last", "best"],
+            default="last",
+            help="what a recipe tests: the weights after the last epoch (a one-cycle schedule "
+            "has annealed them and EMA averaged them) or the epoch with the best validation "
+            "accuracy",
+        )
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",

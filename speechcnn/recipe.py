@@ -1,4 +1,4 @@
-"""What a recipe runs: fit (resuming an interrupted run), test the best checkpoint, report."""
+"""What a recipe runs: fit (resuming an interrupted run), test the trained model, report."""
 
 from __future__ import annotations
 
@@ -47,11 +47,13 @@ def stacked_config(paths: list[Path]) -> dict:
 
 
 def run_recipe(config: str | Path, argv: list[str]) -> dict:
-    """Train with `config` plus `--section.key value` overrides, test the best checkpoint.
+    """Train with `config` plus `--section.key value` overrides, test the trained model.
 
     A run folder's `checkpoints/last.ckpt` from an interrupted run (its latest finished epoch)
-    is resumed. Writes metrics.json, report.json (per-class precision/recall) and confusion.png
-    to the run's log folder and returns the metrics.
+    is resumed. `test_checkpoint` (`last`, the default, or `best`) picks what is tested: the
+    weights after the last epoch, or the epoch with the best validation accuracy. Writes
+    metrics.json, report.json (per-class precision/recall) and confusion.png to the run's log
+    folder and returns the metrics.
     """
     with warnings.catch_warnings():
         # The recipe passes its own config ahead of the command line on purpose.
@@ -70,7 +72,10 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     train_seconds = time.perf_counter() - start
     best = checkpoint.best_model_path if checkpoint else ""
-    trainer.test(module, datamodule=data, ckpt_path=best or None)
+    # After fit, last.ckpt holds the final epoch (None tests the same weights from memory).
+    final = str(last) if last is not None and last.is_file() else None
+    tested = final if cli.config.test_checkpoint == "last" else (best or None)
+    trainer.test(module, datamodule=data, ckpt_path=tested)
 
     report = classification_report(module.test_confusion.compute(), module.class_names)
     run_dir = Path(trainer.log_dir or trainer.default_root_dir)
@@ -87,6 +92,8 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
         "seconds_per_epoch": round(sum(timer.seconds) / len(timer.seconds), 2)
         if timer.seconds
         else None,
+        "test_checkpoint": cli.config.test_checkpoint,
+        "tested_checkpoint": tested or "",
         "best_checkpoint": best,
         "run_dir": str(run_dir),
     }

@@ -75,6 +75,9 @@ def test_recipe_prints_and_writes_metrics(recipe_run):
     assert set(report["per_class"]) >= {"yes", "_unknown_", "_silence_"}
     assert (folder / "confusion.png").stat().st_size > 1000
     assert Path(metrics["best_checkpoint"]).is_file()
+    # what was tested: the weights after the last epoch
+    assert metrics["test_checkpoint"] == "last"
+    assert metrics["tested_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 1  # the second and last epoch, whether or not it was the best
 
