@@ -9,7 +9,9 @@ paths to YAML files, layered in order on the recipe's own config (`recipes/speec
 reused while its settings and data folder are unchanged (whatever name it was trained under;
 settings are compared with every default filled in), so an interrupted study picks up where it
 stopped. A run whose name now means other settings is moved aside (`seed<k>.replaced-<time>`)
-and trained again. Prints one JSON line per configuration
+and trained again. A run is tested as its configuration's `test_checkpoint` says (the weights
+after the last epoch, or the best validation epoch); a finished run tested the other way has
+that checkpoint tested without retraining. Prints one JSON line per configuration
 (parameters, multiply-accumulates per second of audio, mean and standard deviation of the
 12-class testing-split accuracy over the seeds, training minutes) and writes a Markdown table and
 a parameters-vs-accuracy plot. With --ensemble it also scores the averaged posteriors of the
@@ -44,7 +46,10 @@ RECIPES = ROOT / "recipes"
 # to the fifth session); the sixth session's default adds to it one LSTM layer of 176 instead
 # of two of 128, random level and frequency warping; then the small model without and with
 # those augmentations, and the presets (the small one: the augmentations with one LSTM layer of
-# 88 instead of two of 64), layered on the recipe.
+# 88 instead of two of 64), layered on the recipe; last, the recipe itself. Every study row was
+# tested at its best validation epoch (study/base and study/small say so); since the seventh
+# session the recipe and its presets test the weights after the last epoch, so `default` is
+# DEFAULT_FROM's runs under the recipe's rule.
 FAST = "study/base+study/hop20"
 PREVIOUS_DEFAULT = f"{FAST}+study/cnn3+study/ema+study/long"
 # recipes/speech_commands.yaml holds exactly this row's settings (tests/test_recipes.py).
@@ -68,6 +73,7 @@ STUDY = [
     "study/small+study/gain+study/vtlp",
     "presets/small",
     "presets/streaming",
+    "default",
 ]
 
 
@@ -161,36 +167,49 @@ def fingerprint(config: str, data_root: Path) -> str:
     return _hash(effective_settings(merged_config(config), data_root))
 
 
-_SAVED: dict[Path, str | None] = {}
-
-
 def saved_fingerprint(run_dir: Path) -> str | None:
     """The fingerprint of the settings a finished run was trained with, from the config.yaml
     LightningCLI saved next to its logs (None if there is none)."""
-    if run_dir not in _SAVED:
-        import yaml
+    saved = sorted(run_dir.glob("lightning_logs/version_*/config.yaml"))
+    # keyed by file and time: a folder moved aside, or trained again, is read afresh
+    return _saved_fingerprint(saved[-1], saved[-1].stat().st_mtime_ns) if saved else None
 
-        saved = sorted(run_dir.glob("lightning_logs/version_*/config.yaml"))
-        if not saved:
-            _SAVED[run_dir] = None
-        else:
-            config = yaml.safe_load(saved[-1].read_text())
-            root = Path((config.get("data", {}).get("init_args") or {}).get("root", ""))
-            _SAVED[run_dir] = _hash(effective_settings(config, ROOT / root))
-    return _SAVED[run_dir]
+
+@functools.cache
+def _saved_fingerprint(config_file: Path, mtime_ns: int) -> str:
+    import yaml
+
+    config = yaml.safe_load(config_file.read_text())
+    root = Path((config.get("data", {}).get("init_args") or {}).get("root", ""))
+    return _hash(effective_settings(config, ROOT / root))
 
 
 def finished_run(out_dir: Path, run_fingerprint: str, seed: int) -> dict | None:
     """A finished run under `out_dir` with these settings and this seed, whatever name it was
-    trained under: a preset that takes in study layers is the run of those layers. Settings are
-    compared as the run recorded them, else as its saved config.yaml holds them."""
-    for result_file in sorted(out_dir.glob(f"*/seed{seed}/result.json")):
+    trained under: a preset that takes in study layers is the run of those layers, and a run
+    moved aside when its name changed meaning (`seed<k>.<why>`) still serves its own settings.
+    Settings are compared as the run recorded them, else as its saved config.yaml holds them."""
+    current = sorted(out_dir.glob(f"*/seed{seed}/result.json"))
+    kept = sorted(out_dir.glob(f"*/seed{seed}.*/result.json"))
+    for result_file in current + kept:
         result = json.loads(result_file.read_text())
-        if result.get("fingerprint") == run_fingerprint:
-            return result
-        if saved_fingerprint(result_file.parent) == run_fingerprint:
-            return result
+        if run_fingerprint in (result.get("fingerprint"), saved_fingerprint(result_file.parent)):
+            return rebased(result, result_file.parent)
     return None
+
+
+def rebased(result: dict, run_dir: Path) -> dict:
+    """The result with its checkpoint paths in `run_dir`, where it lies now (a run moved aside
+    recorded the paths it was trained in)."""
+
+    def moved(path: str) -> str:
+        return str(run_dir / "checkpoints" / Path(path).name) if path else path
+
+    for record in [result, *result.get("tests", {}).values()]:
+        for key in ("best_checkpoint", "tested_checkpoint"):
+            if key in record:
+                record[key] = moved(record[key])
+    return result | {"run_dir": str(run_dir)}
 
 
 def row_name(config: str) -> str:
@@ -214,7 +233,8 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
     run_fingerprint = fingerprint(config, args.data_root)
     if not args.force:
         if (result := finished_run(args.out_dir, run_fingerprint, seed)) is not None:
-            return result  # this name's own run, or the same settings under another name
+            # this name's own run, or the same settings under another name
+            return tested_as(result, config, args.data_root)
         if result_file.is_file():
             # kept, not deleted: the run of the settings this name used to mean
             kept = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -255,10 +275,105 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
         "wall_minutes": round((time.perf_counter() - start) / 60, 2),
         "threads": args.threads,
         "best_checkpoint": metrics["best_checkpoint"],
+        "test_checkpoint": metrics["test_checkpoint"],
+        "tested_checkpoint": metrics["tested_checkpoint"],
+        "tests": {
+            metrics["test_checkpoint"]: {
+                "test_accuracy": metrics["test_accuracy"],
+                "test_keyword_accuracy": metrics["test_keyword_accuracy"],
+                "tested_checkpoint": metrics["tested_checkpoint"],
+            }
+        },
     }
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     print(f"# {config} seed {seed}: {result['test_accuracy']:.4f}", file=sys.stderr, flush=True)
-    return result
+    return tested_as(result | {"run_dir": str(run_dir)}, config, args.data_root)
+
+
+def test_rule(config: str) -> str:
+    """Which checkpoint the configuration's recipe tests: `last` (the weights after the last
+    epoch, the code's default) or `best` (the best validation epoch)."""
+    return merged_config(config).get("test_checkpoint", "last")
+
+
+def final_checkpoint(result: dict) -> str | None:
+    """The run's last.ckpt if it holds the weights after its last epoch (runs before the sixth
+    session kept there a copy of the best epoch instead), else None."""
+    import torch
+
+    path = Path(result["best_checkpoint"]).with_name("last.ckpt")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError):
+        return None
+    return str(path) if state["epoch"] + 1 == result["epochs"] else None
+
+
+def tested_as(result: dict, config: str, data_root: Path) -> dict:
+    """The run's result with its testing-split figures for the checkpoint the configuration's
+    `test_checkpoint` picks.
+
+    A run keeps one test per rule in its result.json (`tests`); one that was tested under the
+    other rule (every run before the seventh session was tested at its best validation epoch)
+    has its checkpoint tested now and the figures added, so no retraining is needed. A run with
+    no final-epoch checkpoint keeps its best-epoch figures, and says so (`test_checkpoint`).
+    """
+    rule = test_rule(config)
+    tests = result.setdefault("tests", {})
+    if not tests:  # written before the seventh session: tested at the best epoch
+        tests[result.get("test_checkpoint", "best")] = {
+            "test_accuracy": result["test_accuracy"],
+            "test_keyword_accuracy": result["test_keyword_accuracy"],
+            "tested_checkpoint": result.get("tested_checkpoint", result["best_checkpoint"]),
+        }
+    if rule not in tests:
+        checkpoint = result["best_checkpoint"] if rule == "best" else final_checkpoint(result)
+        if checkpoint is None:
+            print(f"# {result['config']} seed {result['seed']}: no checkpoint after the last "
+                  "epoch (trained before the sixth session), reporting its best epoch",
+                  file=sys.stderr)  # fmt: skip
+            rule = next(iter(tests))
+        else:
+            tests[rule] = test_checkpoint(checkpoint, config, data_root)
+            saved = {k: v for k, v in result.items() if k != "run_dir"}
+            (Path(result["run_dir"]) / "result.json").write_text(json.dumps(saved, indent=2) + "\n")
+    return result | tests[rule] | {"test_checkpoint": rule}
+
+
+def test_checkpoint(checkpoint: str, config: str, data_root: Path) -> dict:
+    """Testing-split accuracy and keyword accuracy of one checkpoint, as the recipe tests."""
+    import torch
+
+    from speechcnn.classify import batched_logits, load_classifier
+    from speechcnn.report import classification_report
+
+    clips = testing_clips(config, data_root)
+    loaded = load_classifier(checkpoint)
+    with torch.inference_mode():
+        predicted = batched_logits(loaded.model, clips.waveforms, clips.lengths).argmax(-1)
+    k = len(loaded.class_names)
+    # (N,) pairs -> (K, K) counts, rows the true class as torchmetrics' confusion matrix
+    confusion = torch.bincount(clips.labels * k + predicted, minlength=k * k).view(k, k)
+    report = classification_report(confusion, loaded.class_names)
+    return {
+        "test_accuracy": round(report["accuracy"], 4),
+        "test_keyword_accuracy": round(report["keyword_accuracy"], 4)
+        if "keyword_accuracy" in report
+        else None,
+        "tested_checkpoint": checkpoint,
+    }
+
+
+@functools.cache
+def testing_clips(config: str, data_root: Path) -> object:
+    """The testing split as the configuration's recipe builds it from `data_root`."""
+    from speechcnn.data.speech_commands import SpeechCommandsDataModule
+
+    settings = merged_config(config).get("data", {}).get("init_args", {})
+    settings = {k: v for k, v in settings.items() if k not in ("root", "download")}
+    data = SpeechCommandsDataModule(root=str(data_root), download=False, **settings)
+    data.setup("test")
+    return data.clips["test"]
 
 
 def macs_of(checkpoint: str) -> int:
@@ -268,14 +383,25 @@ def macs_of(checkpoint: str) -> int:
     return multiply_accumulates(load_classifier(checkpoint).model, seconds=1.0)
 
 
-def best_val_accuracy(checkpoint: str) -> float | None:
-    """The validation accuracy that selected `checkpoint` (ModelCheckpoint's best score)."""
+def val_accuracy(checkpoint: str) -> float | None:
+    """The validation accuracy (443 clips) of a run's checkpoint: what the run logged for the
+    checkpoint's epoch (metrics.csv), else the best score its ModelCheckpoint kept."""
+    import csv
+
     import torch
 
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError):
         return None
+    logged = None
+    for path in sorted(Path(checkpoint).parent.parent.glob("lightning_logs/version_*/metrics.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("val/acc") and int(row["epoch"]) == state["epoch"]:
+                    logged = float(row["val/acc"])
+    if logged is not None:
+        return round(logged, 4)
     for key, value in state.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and value.get("best_model_score") is not None:
             return round(float(value["best_model_score"]), 4)
@@ -285,9 +411,9 @@ def best_val_accuracy(checkpoint: str) -> float | None:
 def summarise(config: str, runs: list[dict]) -> dict:
     accuracies = [r["test_accuracy"] for r in runs]
     keyword = [r["test_keyword_accuracy"] for r in runs]
-    # Validation accuracy of the selected checkpoints (443 clips): a second, independent look
-    # at the same runs, which single-seed rows need.
-    vals = [v for r in runs if (v := best_val_accuracy(r["best_checkpoint"])) is not None]
+    # Validation accuracy of the tested checkpoints (443 clips): a second look at the same
+    # runs, which single-seed rows need (a best-epoch checkpoint was picked on it).
+    vals = [v for r in runs if (v := val_accuracy(r["tested_checkpoint"])) is not None]
     return {
         "name": row_name(config),
         "config": config,
@@ -303,6 +429,8 @@ def summarise(config: str, runs: list[dict]) -> dict:
         "epochs": runs[0]["epochs"],
         "train_minutes_mean": round(statistics.mean(r["train_minutes"] for r in runs), 2),
         "threads": runs[0]["threads"],
+        # "last" or "best" (a run trained before the sixth session has no final-epoch weights)
+        "tested": "+".join(sorted({r["test_checkpoint"] for r in runs})),
     }
 
 
@@ -311,20 +439,14 @@ def ensemble_accuracy(runs: dict[str, list[dict]], data_root: Path) -> dict:
     import torch
 
     from speechcnn.classify import batched_logits, load_classifier
-    from speechcnn.data.speech_commands import SpeechCommandsDataModule
 
-    # The testing split as the recipe builds it: its data settings, this data folder.
-    settings = merged_config(next(iter(runs))).get("data", {}).get("init_args", {})
-    settings = {k: v for k, v in settings.items() if k not in ("root", "download")}
-    data = SpeechCommandsDataModule(root=str(data_root), download=False, **settings)
-    data.setup("test")
-    clips = data.clips["test"]
+    clips = testing_clips(next(iter(runs)), data_root)
     mean_posteriors = {}
     with torch.inference_mode():
         for config, config_runs in runs.items():
             posteriors = [
                 batched_logits(
-                    load_classifier(run["best_checkpoint"]).model, clips.waveforms, clips.lengths
+                    load_classifier(run["tested_checkpoint"]).model, clips.waveforms, clips.lengths
                 ).softmax(-1)  # (N, K)
                 for run in config_runs
             ]
@@ -341,14 +463,22 @@ def ensemble_accuracy(runs: dict[str, list[dict]], data_root: Path) -> dict:
     }
 
 
+# The table's name for what was tested.
+TESTED = {"last": "last epoch", "best": "best val. epoch", "best+last": "mixed"}
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
         "| configuration | parameters | MMACs per s of audio | accuracy (mean ± std) "
-        "| keywords | best val. | epochs | train min/seed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| keywords | val. | tested | epochs | train min/seed |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
-        marks = {DEFAULT_FROM: " (recipe default)", PREVIOUS_DEFAULT: " (default until session 5)"}
+        marks = {
+            DEFAULT_FROM: " (the recipe's settings)",
+            PREVIOUS_DEFAULT: " (default until session 5)",
+            "default": " (recipe)",
+        }
         name = r["name"] + marks.get(r["config"], "")
         if len(r["seeds"]) > 1:
             accuracy = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
@@ -358,7 +488,8 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {name} | {r['parameters']:,} | {r['macs_per_second'] / 1e6:.1f} | {accuracy} "
             f"| {100 * r['keyword_accuracy_mean']:.2f} "
-            f"| {'-' if val is None else f'{100 * val:.2f}'} | {r['epochs']} "
+            f"| {'-' if val is None else f'{100 * val:.2f}'} | {TESTED[r['tested']]} "
+            f"| {r['epochs']} "
             f"| {r['train_minutes_mean']:.1f} |"
         )
     return "\n".join(lines) + "\n"

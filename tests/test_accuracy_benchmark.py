@@ -28,7 +28,7 @@ def accuracy():
 
 def test_study_configurations_exist(accuracy):
     for config in accuracy.STUDY:
-        assert accuracy.config_files(config)
+        assert accuracy.config_files(config) or config == "default"
     assert accuracy.config_files("default") == []
     with pytest.raises(FileNotFoundError, match="study/nonsense"):
         accuracy.config_files("study/base+study/nonsense")
@@ -78,6 +78,37 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
     assert fresh[0]["accuracies"] == row["accuracies"][:1]
 
+    # The recipe tests the weights after the last epoch, and the benchmark's own test of that
+    # checkpoint (how it tests a finished run under another rule) gives the recipe's figure.
+    recorded = json.loads(result.read_text())
+    assert recorded["test_checkpoint"] == "last"
+    assert recorded["tested_checkpoint"] == str(result.parent / "checkpoints" / "last.ckpt")
+    retested = accuracy.test_checkpoint(recorded["tested_checkpoint"], str(tiny),
+                                        speech_commands_root)  # fmt: skip
+    assert retested["test_accuracy"] == recorded["test_accuracy"] == row["accuracies"][0]
+    assert retested["test_keyword_accuracy"] == recorded["test_keyword_accuracy"]
+    # A layer asking for the best validation epoch reuses the run, tests that checkpoint and
+    # keeps both tests in the run's result.json.
+    best = tmp_path / "best.yaml"
+    best.write_text("test_checkpoint: best\n")
+    by_best = accuracy.main([f"{tiny}+{best}", *common, "--seeds", "0", "--out-dir",
+                             str(tmp_path / "a")])  # fmt: skip
+    assert by_best[0]["tested"] == "best" and not any((tmp_path / "a").glob("*best*"))
+    tests = json.loads(result.read_text())["tests"]
+    assert set(tests) == {"last", "best"}
+    assert tests["best"]["tested_checkpoint"] == recorded["best_checkpoint"]
+    assert by_best[0]["accuracies"] == [tests["best"]["test_accuracy"]]
+    # A run from before the seventh session (tested at its best epoch, no final-epoch weights)
+    # keeps its best-epoch figure under the last-epoch rule, and the row says so.
+    older = {k: v for k, v in recorded.items() if k not in ("tests", "test_checkpoint",
+                                                             "tested_checkpoint")}  # fmt: skip
+    result.write_text(json.dumps(older | {"epochs": 3, "test_accuracy": 0.5}))
+    kept = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert kept[0]["tested"] == "best" and kept[0]["accuracies"] == [0.5]
+    assert "no checkpoint after the last epoch" in capsys.readouterr().err
+    result.write_text(json.dumps(recorded))
+    stamp = result.stat().st_mtime_ns
+
     # Changed settings are retrained, not reused; a comment is not a change, nor is a layer that
     # writes out settings at their defaults (how a study layer stays valid when the recipe's
     # default moves).
@@ -103,3 +134,14 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     # The run the old settings made is kept beside the new one, not deleted.
     (kept,) = result.parent.parent.glob("seed0.replaced-*")
     assert json.loads((kept / "result.json").read_text())["test_accuracy"] == row["accuracies"][0]
+    # It still serves its own settings: asked for them again, it is reused, not trained again,
+    # and its checkpoints are found where it lies now, not where it was trained.
+    tiny.write_text(TINY)
+    back = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a")])
+    assert back[0]["accuracies"][0] == row["accuracies"][0] and back[0]["epochs"] == 2
+    assert len(list(result.parent.parent.glob("seed0.replaced-*"))) == 1
+    found = accuracy.finished_run(
+        tmp_path / "a", accuracy.fingerprint(str(tiny), speech_commands_root), 0
+    )
+    assert Path(found["tested_checkpoint"]) == kept / "checkpoints" / "last.ckpt"
+    assert Path(found["best_checkpoint"]).parent == kept / "checkpoints"
