@@ -49,7 +49,7 @@ RECIPES = ROOT / "recipes"
 # 88 instead of two of 64), layered on the recipe; last, the recipe itself. Every study row was
 # tested at its best validation epoch (study/base and study/small say so); since the seventh
 # session the recipe and its presets test the weights after the last epoch, so `default` is
-# DEFAULT_FROM's runs under the recipe's rule, and the seventh session's two changes to it.
+# DEFAULT_FROM's runs under the recipe's rule, and the seventh session's three changes to it.
 FAST = "study/base+study/hop20"
 PREVIOUS_DEFAULT = f"{FAST}+study/cnn3+study/ema+study/long"
 # recipes/speech_commands.yaml holds exactly this row's settings (tests/test_recipes.py).
@@ -76,6 +76,7 @@ STUDY = [
     "default",
     "study/ema999",
     "study/masks8",
+    "study/lstm1x208",
 ]
 
 
