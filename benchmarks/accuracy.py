@@ -196,7 +196,10 @@ def finished_run(out_dir: Path, run_fingerprint: str, seed: int) -> dict | None:
     kept = sorted(out_dir.glob(f"*/seed{seed}.*/result.json"))
     for result_file in current + kept:
         result = json.loads(result_file.read_text())
-        if run_fingerprint in (result.get("fingerprint"), saved_fingerprint(result_file.parent)):
+        # the saved config is read only when the recorded fingerprint does not match
+        if result.get("fingerprint") == run_fingerprint or (
+            saved_fingerprint(result_file.parent) == run_fingerprint
+        ):
             return rebased(result, result_file.parent)
     return None
 
