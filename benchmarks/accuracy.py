@@ -390,7 +390,7 @@ def macs_of(checkpoint: str) -> int:
 
 
 def val_accuracy(checkpoint: str) -> float | None:
-    """The validation accuracy (443 clips) of a run's checkpoint: what the run logged for the
+    """The validation accuracy (470 clips in the 12-class task) of a run's checkpoint: what the run logged for the
     checkpoint's epoch (metrics.csv), else the best score its ModelCheckpoint kept."""
     import csv
 
@@ -417,7 +417,7 @@ def val_accuracy(checkpoint: str) -> float | None:
 def summarise(config: str, runs: list[dict]) -> dict:
     accuracies = [r["test_accuracy"] for r in runs]
     keyword = [r["test_keyword_accuracy"] for r in runs]
-    # Validation accuracy of the tested checkpoints (443 clips): a second look at the same
+    # Validation accuracy of the tested checkpoints (470 clips): a second look at the same
     # runs, which single-seed rows need (a best-epoch checkpoint was picked on it).
     vals = [v for r in runs if (v := val_accuracy(r["tested_checkpoint"])) is not None]
     return {
