@@ -17,7 +17,9 @@ that checkpoint tested without retraining. Prints one JSON line per configuratio
 a parameters-vs-accuracy plot. With --ensemble it also scores the averaged posteriors of the
 finished runs, per configuration (over its seeds) and of all the configurations together: not a
 model to ship, but a bound on what choosing among these seeds and settings can reach on the
-same testing clips.
+same testing clips. With --errors it reports, per configuration, how many of its runs got each
+testing clip wrong, summed by speaker: the split's 300 clips come from 18 speakers, so a few
+speakers weigh on every figure.
 """
 
 from __future__ import annotations
@@ -390,8 +392,9 @@ def macs_of(checkpoint: str) -> int:
 
 
 def val_accuracy(checkpoint: str) -> float | None:
-    """The validation accuracy (470 clips in the 12-class task) of a run's checkpoint: what the run logged for the
-    checkpoint's epoch (metrics.csv), else the best score its ModelCheckpoint kept."""
+    """The validation accuracy (470 clips in the 12-class task) of a run's checkpoint: what the
+    run logged for the checkpoint's epoch (metrics.csv), else the best score its ModelCheckpoint
+    kept."""
     import csv
 
     import torch
@@ -467,6 +470,75 @@ def ensemble_accuracy(runs: dict[str, list[dict]], data_root: Path) -> dict:
         "ensemble_by_configuration": {row_name(c): accuracy(p) for c, p in mean_posteriors.items()},
         "test_examples": len(clips),
     }
+
+
+def speaker_of(path: str) -> str:
+    """The speaker id of a Speech Commands clip (its name before `_nohash_`); silence clips,
+    cut from background noise, have none."""
+    name = Path(path).name
+    return name.split("_nohash_")[0] if "_nohash_" in name else "(no speaker)"
+
+
+def summarise_errors(
+    wrong: list[int], paths: list[str], n_runs: int, top: int = 5
+) -> dict[str, object]:
+    """Where a configuration's runs err, from how many of its `n_runs` runs got each clip
+    wrong: clips by that count, the speakers with the most errors (with their share of the clips
+    and of the errors), and the clips every run got wrong."""
+    per_speaker: dict[str, list[int]] = {}
+    for path, count in zip(paths, wrong, strict=True):
+        clips_errors = per_speaker.setdefault(speaker_of(path), [0, 0])
+        clips_errors[0] += 1
+        clips_errors[1] += count
+    errors = sum(wrong)
+    ranked = sorted(per_speaker.items(), key=lambda item: (-item[1][1], item[0]))[:top]
+    return {
+        "runs": n_runs,
+        "clips": len(wrong),
+        "errors": errors,
+        "clips_wrong_in_k_runs": {k: wrong.count(k) for k in range(n_runs + 1)},
+        "speakers": len(per_speaker),
+        "top_speakers": [
+            {
+                "speaker": speaker,
+                "clips": clips,
+                "errors": speaker_errors,
+                "share_of_clips": round(clips / len(wrong), 3),
+                "share_of_errors": round(speaker_errors / errors, 3) if errors else 0.0,
+            }
+            for speaker, (clips, speaker_errors) in ranked
+        ],
+        "wrong_in_every_run": [
+            "/".join(Path(p).parts[-2:]) for p, k in zip(paths, wrong, strict=True) if k == n_runs
+        ],
+    }
+
+
+def error_report(runs: dict[str, list[dict]], data_root: Path) -> dict[str, dict]:
+    """`summarise_errors` of each configuration's runs on the testing split."""
+    import torch
+
+    from speechcnn.classify import batched_logits, load_classifier
+
+    clips = testing_clips(next(iter(runs)), data_root)
+    report = {}
+    with torch.inference_mode():
+        for config, config_runs in runs.items():
+            wrong = sum(
+                (
+                    batched_logits(
+                        load_classifier(run["tested_checkpoint"]).model,
+                        clips.waveforms,
+                        clips.lengths,
+                    ).argmax(-1)
+                    != clips.labels
+                ).long()
+                for run in config_runs
+            )  # (N,) runs that got each clip wrong
+            report[row_name(config)] = summarise_errors(
+                wrong.tolist(), clips.paths, len(config_runs)
+            )
+    return report
 
 
 # The table's name for what was tested.
@@ -545,6 +617,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--ensemble", action="store_true", help="also score the runs' averaged posteriors"
     )
+    parser.add_argument(
+        "--errors",
+        action="store_true",
+        help="also report where the runs err: clips by how many runs got them wrong, by speaker",
+    )
     args = parser.parse_args(argv)
     if not args.data_root.is_dir():
         parser.error(f"--data-root {args.data_root} is not a folder")
@@ -575,6 +652,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         plot(rows, args.plot)
     if args.ensemble:
         print(json.dumps(ensemble_accuracy(runs, args.data_root)), flush=True)
+    if args.errors:
+        for name, errors in error_report(runs, args.data_root).items():
+            print(json.dumps({"errors_of": name} | errors), flush=True)
     return rows
 
 

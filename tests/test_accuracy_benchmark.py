@@ -34,6 +34,20 @@ def test_study_configurations_exist(accuracy):
         accuracy.config_files("study/base+study/nonsense")
 
 
+def test_errors_are_counted_by_clip_and_speaker(accuracy):
+    paths = ["sc/down/aaa_nohash_0.wav", "sc/go/aaa_nohash_1.wav", "sc/go/bbb_nohash_0.wav",
+             "_silence_/test_0"]  # fmt: skip
+    summary = accuracy.summarise_errors([2, 1, 0, 0], paths, n_runs=2, top=2)
+    assert summary["errors"] == 3 and summary["speakers"] == 3 and summary["clips"] == 4
+    assert summary["clips_wrong_in_k_runs"] == {0: 2, 1: 1, 2: 1}
+    assert summary["top_speakers"][0] == {
+        "speaker": "aaa", "clips": 2, "errors": 3, "share_of_clips": 0.5, "share_of_errors": 1.0
+    }  # fmt: skip
+    assert len(summary["top_speakers"]) == 2
+    assert summary["wrong_in_every_run"] == ["down/aaa_nohash_0.wav"]
+    assert accuracy.speaker_of("_silence_/test_0") == "(no speaker)"
+
+
 def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root, tmp_path, capsys):
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(TINY)
@@ -73,6 +87,15 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     assert one["ensemble_members"] == 1 and one["test_examples"] == row["test_examples"]
     assert one["ensemble_accuracy"] == pytest.approx(row["accuracies"][0], abs=1e-4)
     assert one["ensemble_by_configuration"] == {"tiny": one["ensemble_accuracy"]}
+
+    # Where a run errs: every clip it got wrong counts once, and all are wrong in every run.
+    accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "a"),
+                   "--errors"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    n = row["test_examples"]
+    assert report["errors_of"] == "tiny" and report["runs"] == 1 and report["clips"] == n
+    assert report["errors"] == round((1 - row["accuracies"][0]) * n)
+    assert len(report["wrong_in_every_run"]) == report["errors"]
 
     # The same seed trained afresh gives the same accuracy.
     fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
