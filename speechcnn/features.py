@@ -8,6 +8,8 @@ compute the same frames chunk by chunk.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torchaudio
 from torch import Tensor, nn
@@ -33,6 +35,10 @@ class LogMelFeatures(nn.Module):
             factor drawn from [1 - freq_warp, 1 + freq_warp] before the mel filterbank
             (vocal tract length perturbation: the formants of a longer or shorter vocal
             tract, pitch and timing unchanged). 0 turns it off.
+        spectral_eq_db: in training, each clip's mel energies are coloured by a random smooth
+            curve over frequency, at most +-spectral_eq_db dB (the sum of three cosines along
+            the mel axis with random amplitudes; the first is a tilt), as a microphone or room
+            would colour them. 0 turns it off.
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class LogMelFeatures(nn.Module):
         time_masks: int = 0,
         time_mask_width: int = 0,
         freq_warp: float = 0.0,
+        spectral_eq_db: float = 0.0,
     ) -> None:
         super().__init__()
         if sample_rate <= 0:
@@ -77,6 +84,8 @@ class LogMelFeatures(nn.Module):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0.0 <= freq_warp < 1.0:
             raise ValueError(f"freq_warp must be in [0, 1), got {freq_warp}")
+        if spectral_eq_db < 0:
+            raise ValueError(f"spectral_eq_db must be >= 0, got {spectral_eq_db}")
 
         self.sample_rate = sample_rate
         self.n_fft = round(sample_rate * win_ms / 1000)
@@ -87,6 +96,7 @@ class LogMelFeatures(nn.Module):
         self.freq_masks, self.freq_mask_width = freq_masks, freq_mask_width
         self.time_masks, self.time_mask_width = time_masks, time_mask_width
         self.freq_warp = freq_warp
+        self.spectral_eq_db = spectral_eq_db
 
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         fb = torchaudio.functional.melscale_fbanks(
@@ -145,7 +155,24 @@ class LogMelFeatures(nn.Module):
             if self.training and self.freq_warp > 0:
                 power = self.warp_frequency(power)
             # (B, n_fft/2+1, T) -> (B, T, n_fft/2+1) @ (n_fft/2+1, F) -> (B, F, T)
-            return torch.matmul(power.transpose(1, 2), self.mel_fbanks).transpose(1, 2)
+            mel = torch.matmul(power.transpose(1, 2), self.mel_fbanks).transpose(1, 2)
+            if self.training and self.spectral_eq_db > 0:
+                mel = mel * self.random_eq_gain(mel.shape[0], mel.device).unsqueeze(2)
+            return mel
+
+    def random_eq_gain(self, batch: int, device: torch.device) -> Tensor:
+        """Power gains (B, F) of random smooth curves over the mel axis, within +-spectral_eq_db.
+
+        Each curve is sum_k a_k cos(pi k (f + 1/2) / F) for k = 1, 2, 3, with a_k drawn per clip
+        from [-spectral_eq_db / 3, spectral_eq_db / 3] dB: a tilt and two broad bends, smooth
+        enough to colour the spectrum without moving its formants.
+        """
+        n_freq = self.n_mels
+        position = (torch.arange(n_freq, device=device) + 0.5) / n_freq  # (F,)
+        orders = torch.arange(1, 4, device=device)  # (3,)
+        basis = torch.cos(math.pi * orders[:, None] * position)  # (3, F)
+        amplitude = (2 * torch.rand(batch, 3, device=device) - 1) * (self.spectral_eq_db / 3)
+        return 10 ** ((amplitude @ basis) / 10)  # (B, 3) @ (3, F) -> (B, F) dB -> power
 
     def warp_frequency(self, power: Tensor) -> Tensor:
         """Stretch each clip's spectrum along frequency by its own random factor.

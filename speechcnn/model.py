@@ -226,6 +226,7 @@ class ClassifierConfig:
     time_masks: int = 2
     time_mask_width: int = 10
     freq_warp: float = 0.0
+    spectral_eq_db: float = 0.0
     input_norm: bool = True
     cnn_channels: tuple[int, ...] = (32, 64)
     cnn_kernels: tuple[int, ...] = (5, 5)
@@ -256,6 +257,7 @@ def build_classifier(
         time_masks=c.time_masks,
         time_mask_width=c.time_mask_width,
         freq_warp=c.freq_warp,
+        spectral_eq_db=c.spectral_eq_db,
     )
     frontend = FrequencyCNN(
         features.out_features,

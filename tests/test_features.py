@@ -1,3 +1,5 @@
+import math
+
 import librosa
 import numpy as np
 import pytest
@@ -64,6 +66,21 @@ def test_freq_warp_only_in_training():
     assert not torch.allclose(features.train()(wave), LogMelFeatures().train()(wave))
 
 
+def test_spectral_eq_colours_each_clip_smoothly_within_its_range_in_training_only():
+    features = LogMelFeatures(n_mels=40, spectral_eq_db=6.0)
+    wave = torch.randn(64, 16000) * 0.1
+    plain = LogMelFeatures(n_mels=40).eval()(wave)
+    assert torch.equal(features.eval()(wave), plain)
+    torch.manual_seed(0)
+    # log-mel difference in dB: (B, F, T)
+    curves = (features.train()(wave) - plain) * 10 / math.log(10)
+    assert (curves - curves[:, :, :1]).abs().max() < 0.05  # the same curve for every frame
+    curve = curves[:, :, 0]  # (B, F)
+    assert curve.abs().max() <= 6.0 + 0.05 and curve.abs().max() > 2.0
+    assert curve.diff(dim=1).abs().max() < 6.0 * math.pi * 6 / 40  # smooth: |d/df| of 3 cosines
+    assert curve.std(dim=0).min() > 0.5  # clips get different curves
+
+
 def test_buffers_move_with_module():
     features = LogMelFeatures()
     names = {name for name, _ in features.named_buffers()}
@@ -80,6 +97,7 @@ def test_buffers_move_with_module():
         {"n_mfcc": 80},
         {"f_max": 9000.0},
         {"freq_warp": 1.0},
+        {"spectral_eq_db": -1.0},
     ],
 )
 def test_bad_arguments_raise(kwargs):
