@@ -148,6 +148,13 @@ def main() -> None:
     parser.add_argument("--smooth-s", type=float, default=SpotConfig.smooth_s)
     parser.add_argument("--refractory-s", type=float, default=SpotConfig.refractory_s)
     parser.add_argument("--hop-s", type=float, default=SpotConfig.hop_s)
+    parser.add_argument(
+        "--centre-s",
+        type=float,
+        default=SpotConfig.centre_s,
+        help="window mode: count only windows whose sound is centred within this many seconds "
+        "(0: every window)",
+    )
     parser.add_argument("--max-fa-per-hour", type=float, default=10.0)
     parser.add_argument("--plot", help="write the detection/false-alarm curve to this PNG")
     parser.add_argument("--seed", type=int, default=0)
@@ -167,7 +174,7 @@ def main() -> None:
             g["centre"] = g["start"] + word_centre(clip, sr)
         seconds = len(stream) / sr
         start = time.perf_counter()
-        config = SpotConfig(mode=args.mode, hop_s=args.hop_s)
+        config = SpotConfig(mode=args.mode, hop_s=args.hop_s, centre_s=args.centre_s or None)
         track = posterior_track(loaded.model, stream, config)
         elapsed = time.perf_counter() - start
         rows = sweep(track, loaded.class_names, truth, seconds, args)
@@ -196,6 +203,7 @@ def main() -> None:
         "smooth_s": args.smooth_s,
         "refractory_s": args.refractory_s,
         "hop_s": args.hop_s,
+        "centre_s": args.centre_s if args.mode == "window" else None,
         "threshold": chosen,
         "test_detection_rate": test_row["detection_rate"],
         "test_fa_per_hour": test_row["fa_per_hour"],
@@ -246,7 +254,8 @@ def plot(results: dict, chosen: float, args: object, path: str) -> None:
     right.axvline(10, color="gray", lw=0.8, ls=":")
     right.set_xlabel("false alarms per hour")
     right.set_ylabel("detection rate")
-    right.set_title(f"{args.mode} mode; threshold {chosen} chosen on val", fontsize=9)
+    centred = f", centre {args.centre_s:g} s" if args.mode == "window" and args.centre_s else ""
+    right.set_title(f"{args.mode} mode{centred}; threshold {chosen} chosen on val", fontsize=9)
     fig.suptitle(f"keyword spotting on real-clip streams: {Path(args.model).name}", fontsize=10)
     right.legend(fontsize=8)
     fig.tight_layout()

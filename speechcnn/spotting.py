@@ -12,6 +12,11 @@ Two ways to get a posterior track from a model trained on 1 s clips:
   further from the 1 s clips of training). Needs a unidirectional LSTM with "last" pooling:
   "mean" and "attention" stream too, but pool over everything since the recording began.
 
+In "window" mode a window's keyword posteriors count only when the sound in it is centred
+(`centre_s`, `energy_offsets`): the training clips hold their word near the middle, and a window
+that cuts a word at its edge shows the model something it never saw in training (the end of
+"no" alone is close to "go"); most false alarms on real-clip streams came from such windows.
+
 Then: a causal moving average of the posteriors over `smooth_s`, a threshold on the
 smoothed keyword posteriors, and a refractory period after each detection. A run is a stretch
 of steps where some keyword is above the threshold; its detection is the keyword and step with
@@ -50,6 +55,9 @@ class SpotConfig:
         mode: "window" or "stream" (see the module docstring).
         window_s: window length in "window" mode (the training clip length).
         hop_s: hop between windows in "window" mode.
+        centre_s: in "window" mode, a window's keyword posteriors count only when the energy
+            centroid of its sound lies within this many seconds of its middle (see
+            `energy_offsets`); None counts every window.
     """
 
     threshold: float = 0.8
@@ -58,6 +66,7 @@ class SpotConfig:
     mode: str = "window"
     window_s: float = 1.0
     hop_s: float = 0.05
+    centre_s: float | None = 0.15
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -72,6 +81,8 @@ class SpotConfig:
             raise ValueError(
                 f"window_s and hop_s must be positive, got {self.window_s}, {self.hop_s}"
             )
+        if self.centre_s is not None and self.centre_s <= 0:
+            raise ValueError(f"centre_s must be positive or None, got {self.centre_s}")
 
 
 @dataclass(frozen=True)
@@ -92,11 +103,14 @@ class PosteriorTrack:
         posteriors: (N, K) posteriors, one row per step.
         ends: (N,) end time in seconds of the audio each row has seen last.
         spans: (N,) length in seconds of the audio each row describes.
+        centred: (N,) whether each row's sound is centred in its span (None: not checked);
+            `detect` counts keyword posteriors only where it is.
     """
 
     posteriors: np.ndarray
     ends: np.ndarray
     spans: np.ndarray
+    centred: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -171,6 +185,37 @@ def stream_track(
     )
 
 
+def energy_offsets(
+    samples: Tensor | np.ndarray, sample_rate: int, ends: np.ndarray, spans: np.ndarray
+) -> np.ndarray:
+    """Seconds from the middle of each span to the energy centroid of its sound.
+
+    The span's 10 ms frame energies, less their median (the steady background), weight the
+    frames' times; a span with nothing above its median has offset 0.
+
+    Args:
+        samples: (S,) the recording.
+        ends, spans: (N,) end time and length in seconds of each span.
+
+    Returns:
+        (N,) offsets in seconds, negative when the sound lies early in the span.
+    """
+    size = max(1, sample_rate // 100)
+    audio = np.asarray(samples, dtype=np.float64)
+    n = len(audio) // size
+    energy = np.mean(audio[: n * size].reshape(n, size) ** 2, axis=1)  # (frames,)
+    length = max(1, round(float(np.median(spans)) * 100))  # frames per span
+    energy = np.pad(energy, (0, max(0, length - n)))
+    starts = np.clip(np.round((ends - spans) * 100).astype(int), 0, len(energy) - length)
+    # (frames - length + 1, length) views -> (N, length) the frames of each span
+    frames = np.lib.stride_tricks.sliding_window_view(energy, length)[starts]
+    above = np.maximum(frames - np.median(frames, axis=1, keepdims=True), 0.0)  # (N, length)
+    total = above.sum(axis=1)
+    times = (np.arange(length) + 0.5) / 100  # (length,) seconds into the span
+    centroid = np.where(total > 0, above @ times / np.maximum(total, 1e-30), length / 200)
+    return centroid - length / 200
+
+
 def smooth(posteriors: np.ndarray, width: int) -> np.ndarray:
     """Causal moving average over the last `width` rows of (N, K) posteriors."""
     if width <= 1:
@@ -187,7 +232,11 @@ def detect(track: PosteriorTrack, class_names: list[str], config: SpotConfig) ->
     if not keyword_ids or len(track.ends) == 0:
         return []
     step_s = float(np.median(np.diff(track.ends))) if len(track.ends) > 1 else 1.0
-    scores = smooth(track.posteriors, max(1, round(config.smooth_s / step_s)))[:, keyword_ids]
+    posteriors = track.posteriors
+    if track.centred is not None:
+        posteriors = posteriors.copy()
+        posteriors[np.ix_(~track.centred, keyword_ids)] = 0.0  # off-centre windows never fire
+    scores = smooth(posteriors, max(1, round(config.smooth_s / step_s)))[:, keyword_ids]
     best_score = scores.max(axis=1)  # (N,) the highest keyword score at each step
     detections: list[Detection] = []
     blocked_until = -np.inf
@@ -224,10 +273,15 @@ def detect(track: PosteriorTrack, class_names: list[str], config: SpotConfig) ->
 def posterior_track(
     model: SpeechClassifier, samples: Tensor | np.ndarray, config: SpotConfig
 ) -> PosteriorTrack:
-    """The posterior track of `config.mode` for a mono recording at the model's rate."""
-    if config.mode == "window":
-        return window_posteriors(model, samples, config.window_s, config.hop_s)
-    return stream_track(model, samples, config.window_s)
+    """The posterior track of `config.mode` for a mono recording at the model's rate (in
+    "window" mode with `centred` set when `config.centre_s` is)."""
+    if config.mode == "stream":
+        return stream_track(model, samples, config.window_s)
+    track = window_posteriors(model, samples, config.window_s, config.hop_s)
+    if config.centre_s is not None:
+        offsets = energy_offsets(samples, model.features.sample_rate, track.ends, track.spans)
+        track.centred = np.abs(offsets) <= config.centre_s
+    return track
 
 
 def spot(
@@ -259,6 +313,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=MODES, default=defaults.mode)
     parser.add_argument("--window-s", type=float, default=defaults.window_s)
     parser.add_argument("--hop-s", type=float, default=defaults.hop_s)
+    parser.add_argument(
+        "--centre-s",
+        type=float,
+        default=defaults.centre_s,
+        help="window mode: count a window only when its sound's energy centroid is within this "
+        "many seconds of its middle (0: every window)",
+    )
     args = parser.parse_args(argv)
     try:
         config = SpotConfig(
@@ -268,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             mode=args.mode,
             window_s=args.window_s,
             hop_s=args.hop_s,
+            centre_s=args.centre_s or None,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -294,6 +356,7 @@ __all__ = [
     "PosteriorTrack",
     "SpotConfig",
     "detect",
+    "energy_offsets",
     "posterior_track",
     "smooth",
     "spot",

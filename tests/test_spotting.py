@@ -14,7 +14,9 @@ from speechcnn.spotting import (
     PosteriorTrack,
     SpotConfig,
     detect,
+    energy_offsets,
     main,
+    posterior_track,
     smooth,
     spot,
     stream_track,
@@ -111,6 +113,35 @@ def test_smoothing_suppresses_a_short_spike_and_silence_never_fires():
     assert detect(track, NAMES, SpotConfig(threshold=0.5, smooth_s=0.0)) == []
 
 
+def test_energy_offsets_locate_the_sound_in_each_span():
+    sr = 16000
+    rng = np.random.default_rng(0)
+    wave = 1e-3 * rng.standard_normal(3 * sr)  # a steady background
+    wave[int(1.3 * sr) : int(1.5 * sr)] += 0.3 * rng.standard_normal(int(0.2 * sr))  # 1.3-1.5 s
+    # spans [0.9, 1.9], [1.2, 2.2], [0.6, 1.6]: middles 1.4, 1.7, 1.1; the sound's centre 1.4
+    offsets = energy_offsets(wave, sr, np.array([1.9, 2.2, 1.6]), np.full(3, 1.0))
+    assert offsets == pytest.approx([0.0, -0.3, 0.3], abs=0.02)
+    silent = energy_offsets(np.zeros(sr), sr, np.array([1.0]), np.array([1.0]))
+    assert silent == pytest.approx([0.0])
+
+
+def test_off_centre_windows_never_fire():
+    track = synthetic_track([(2, 50, 60, 0.95), (3, 200, 210, 0.95)])
+    track.centred = np.ones(400, dtype=bool)
+    track.centred[190:220] = False  # "no" only in windows that cut its sound
+    found = detect(track, NAMES, SpotConfig(threshold=0.8, smooth_s=0.0, refractory_s=0.3))
+    assert [d.keyword for d in found] == ["yes"]
+
+
+def test_window_tracks_mark_centred_windows_only_when_asked():
+    model, wave = tiny_model(), recording(2.0, seed=5)
+    track = posterior_track(model, wave, SpotConfig(centre_s=0.15))
+    offsets = energy_offsets(wave, 16000, track.ends, track.spans)
+    assert np.array_equal(track.centred, np.abs(offsets) <= 0.15)
+    assert posterior_track(model, wave, SpotConfig(centre_s=None)).centred is None
+    assert posterior_track(model, wave, SpotConfig(mode="stream")).centred is None
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -120,6 +151,7 @@ def test_smoothing_suppresses_a_short_spike_and_silence_never_fires():
         {"refractory_s": -0.1},
         {"mode": "batch"},
         {"hop_s": 0},
+        {"centre_s": -0.1},
     ],
 )
 def test_bad_config_is_refused(bad):
