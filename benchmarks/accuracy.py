@@ -249,6 +249,11 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
             print(f"# {config} seed {seed}: configuration changed, retraining (the old run is "
                   f"kept in {kept})", file=sys.stderr)  # fmt: skip
             run_dir.rename(kept)
+        if (metrics := unrecorded_metrics(run_dir, run_fingerprint)) is not None:
+            # trained to the end, but the benchmark stopped before it wrote the result down
+            print(f"# {config} seed {seed}: recorded from its finished training log",
+                  file=sys.stderr)  # fmt: skip
+            return record(metrics, config, seed, run_fingerprint, run_dir, args, None)
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(RECIPES / "speech_commands.py")]
     for f in config_files(config):
@@ -269,6 +274,45 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
             f"{config} seed {seed} failed (exit {done.returncode}): {run_dir}/train.log"
         )
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    wall_minutes = round((time.perf_counter() - start) / 60, 2)
+    return record(metrics, config, seed, run_fingerprint, run_dir, args, wall_minutes)
+
+
+def unrecorded_metrics(run_dir: Path, run_fingerprint: str) -> dict | None:
+    """The recipe's metrics line of a run in `run_dir` that trained and tested to the end with
+    these settings but has no result.json (the benchmark was stopped or failed in between), so
+    that it is recorded, not trained again; None for anything else."""
+    log = run_dir / "train.log"
+    if (run_dir / "result.json").is_file() or not log.is_file():
+        return None
+    lines = log.read_text(errors="replace").strip().splitlines()
+    try:
+        metrics = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None  # the last training did not finish
+    if not isinstance(metrics, dict) or "test_accuracy" not in metrics:
+        return None
+    # the checkpoints as they lie in run_dir (the folder may have moved since it trained)
+    checkpoints = {
+        key: str(run_dir / "checkpoints" / Path(metrics.get(key) or "missing").name)
+        for key in ("best_checkpoint", "tested_checkpoint")
+    }
+    if not all(Path(c).is_file() for c in checkpoints.values()):
+        return None
+    metrics |= checkpoints
+    return metrics if saved_fingerprint(run_dir) == run_fingerprint else None
+
+
+def record(
+    metrics: dict,
+    config: str,
+    seed: int,
+    run_fingerprint: str,
+    run_dir: Path,
+    args: argparse.Namespace,
+    wall_minutes: float | None,
+) -> dict:
+    """Write a run's result.json from the recipe's metrics line, and return it as tested."""
     result = {
         "config": config,
         "fingerprint": run_fingerprint,
@@ -280,7 +324,7 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
         "macs_per_second": macs_of(metrics["best_checkpoint"]),
         "epochs": metrics["epochs"],
         "train_minutes": round(metrics["train_seconds"] / 60, 2),
-        "wall_minutes": round((time.perf_counter() - start) / 60, 2),
+        "wall_minutes": wall_minutes,
         "threads": args.threads,
         "best_checkpoint": metrics["best_checkpoint"],
         "test_checkpoint": metrics["test_checkpoint"],
@@ -293,7 +337,7 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
             }
         },
     }
-    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"# {config} seed {seed}: {result['test_accuracy']:.4f}", file=sys.stderr, flush=True)
     return tested_as(result | {"run_dir": str(run_dir)}, config, args.data_root)
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,19 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     assert report["errors_of"] == "tiny" and report["runs"] == 1 and report["clips"] == n
     assert report["errors"] == round((1 - row["accuracies"][0]) * n)
     assert len(report["wrong_in_every_run"]) == report["errors"]
+
+    # A run that trained to the end but whose result was never written (the benchmark was
+    # stopped in between) is recorded from its training log, not trained again.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(result.parent, stopped / result.parent.parent.name / "seed0")
+    (stopped / result.parent.parent.name / "seed0" / "result.json").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in stopped.rglob("*.ckpt")}
+    recorded_again = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(stopped)])
+    assert recorded_again[0]["accuracies"] == row["accuracies"][:1]
+    copied = json.loads((stopped / result.parent.parent.name / "seed0" / "result.json").read_text())
+    assert copied["tested_checkpoint"].startswith(str(stopped))
+    assert stamps == {p: p.stat().st_mtime_ns for p in stopped.rglob("*.ckpt")}
+    assert "recorded from its finished training log" in capsys.readouterr().err
 
     # The same seed trained afresh gives the same accuracy.
     fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
