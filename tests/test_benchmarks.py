@@ -82,10 +82,19 @@ def test_spotting_hits_need_the_right_word_over_the_word_centre():
 
 def test_spotting_benchmark(tmp_path, speech_commands_root):
     ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
-    line = run_json(
-        "benchmarks/spotting.py", str(ckpt), "--data-root", str(speech_commands_root),
-        "--out-dir", str(tmp_path / "spot"), "--plot", str(tmp_path / "curve.png"),
+    result = subprocess.run(
+        [sys.executable, "benchmarks/spotting.py", str(ckpt), "--data-root",
+         str(speech_commands_root), "--out-dir", str(tmp_path / "spot"), "--plot",
+         str(tmp_path / "curve.png"), "--centre-s", "0.15", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    # one line per --centre-s value, from the same posterior track; 0 counts every window
+    centred, line = (json.loads(text) for text in result.stdout.strip().splitlines()[-2:])
+    assert centred["centre_s"] == 0.15 and line["centre_s"] is None
+    assert centred["test_clip_posteriors"] == line["test_clip_posteriors"]
+    sweeps = json.loads((tmp_path / "spot" / "sweep_window.json").read_text())
+    assert set(sweeps) == {"0.15", "None"}
     assert line["test_keywords"] == 30  # 3 testing clips of each of the 10 keywords
     assert 0.0 <= line["test_detection_rate"] <= 1.0 and line["test_fa_per_hour"] >= 0.0
     assert line["test_stream_minutes"] > 1.0 and (tmp_path / "curve.png").stat().st_size > 0
