@@ -15,7 +15,7 @@ Two ways to get a posterior track from a model trained on 1 s clips:
 In "window" mode a window's keyword posteriors count only when the sound in it is centred
 (`centre_s`, `energy_offsets`): the training clips hold their word near the middle, and a window
 that cuts a word at its edge shows the model something it never saw in training (the end of
-"no" alone is close to "go"); most false alarms on real-clip streams came from such windows.
+"no" alone is close to "go"); on real-clip streams, many false alarms came from such windows.
 
 Then: a causal moving average of the posteriors over `smooth_s`, a threshold on the
 smoothed keyword posteriors, and a refractory period after each detection. A run is a stretch
