@@ -94,6 +94,7 @@ def test_random_chunkings_equal_offline(seed, max_chunk):
         {"input_norm": False, "activation": "elu"},
         {"cnn_strides": (2, 1), "cnn_pools": (1, 2), "activation": "gelu"},
         {"lstm_layers": 1},
+        {"win_ms": 40.0, "hop_ms": 20.0},  # the recipe's framing: frames overlap by half
     ],
 )
 def test_other_configurations_stream_exactly(overrides):
