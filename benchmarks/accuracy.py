@@ -491,23 +491,32 @@ def summarise(config: str, runs: list[dict]) -> dict:
     }
 
 
-def ensemble_accuracy(runs: dict[str, list[dict]], data_root: Path) -> dict:
-    """Testing-split accuracy of the mean posterior of each configuration's runs, and of all."""
+@functools.cache
+def testing_logits(checkpoint: str, config: str, data_root: Path) -> object:
+    """(N, K) logits of a checkpoint on the testing split as `config`'s recipe builds it, kept
+    for the run: --ensemble and --errors both read them."""
     import torch
 
     from speechcnn.classify import batched_logits, load_classifier
 
-    clips = testing_clips(next(iter(runs)), data_root)
-    mean_posteriors = {}
+    clips = testing_clips(config, data_root)
     with torch.inference_mode():
-        for config, config_runs in runs.items():
-            posteriors = [
-                batched_logits(
-                    load_classifier(run["tested_checkpoint"]).model, clips.waveforms, clips.lengths
-                ).softmax(-1)  # (N, K)
-                for run in config_runs
-            ]
-            mean_posteriors[config] = torch.stack(posteriors).mean(0)  # (N, K)
+        return batched_logits(load_classifier(checkpoint).model, clips.waveforms, clips.lengths)
+
+
+def ensemble_accuracy(runs: dict[str, list[dict]], data_root: Path) -> dict:
+    """Testing-split accuracy of the mean posterior of each configuration's runs, and of all."""
+    import torch
+
+    first = next(iter(runs))
+    clips = testing_clips(first, data_root)
+    mean_posteriors = {}
+    for config, config_runs in runs.items():
+        posteriors = [
+            testing_logits(run["tested_checkpoint"], first, data_root).softmax(-1)  # (N, K)
+            for run in config_runs
+        ]
+        mean_posteriors[config] = torch.stack(posteriors).mean(0)  # (N, K)
 
     def accuracy(posteriors: torch.Tensor) -> float:
         return round(float((posteriors.argmax(-1) == clips.labels).float().mean()), 4)
@@ -564,28 +573,18 @@ def summarise_errors(
 
 def error_report(runs: dict[str, list[dict]], data_root: Path) -> dict[str, dict]:
     """`summarise_errors` of each configuration's runs on the testing split."""
-    import torch
-
-    from speechcnn.classify import batched_logits, load_classifier
-
-    clips = testing_clips(next(iter(runs)), data_root)
+    first = next(iter(runs))
+    clips = testing_clips(first, data_root)
     report = {}
-    with torch.inference_mode():
-        for config, config_runs in runs.items():
-            wrong = sum(
-                (
-                    batched_logits(
-                        load_classifier(run["tested_checkpoint"]).model,
-                        clips.waveforms,
-                        clips.lengths,
-                    ).argmax(-1)
-                    != clips.labels
-                ).long()
-                for run in config_runs
-            )  # (N,) runs that got each clip wrong
-            report[row_name(config)] = summarise_errors(
-                wrong.tolist(), clips.paths, len(config_runs)
-            )
+    for config, config_runs in runs.items():
+        wrong = sum(
+            (
+                testing_logits(run["tested_checkpoint"], first, data_root).argmax(-1)
+                != clips.labels
+            ).long()
+            for run in config_runs
+        )  # (N,) runs that got each clip wrong
+        report[row_name(config)] = summarise_errors(wrong.tolist(), clips.paths, len(config_runs))
     return report
 
 

@@ -212,8 +212,8 @@ def main() -> None:
             track = data["track"]
             track.centred = None if centre is None else np.abs(data["offsets"]) <= centre
             rows = sweep(track, loaded.class_names, data["truth"], data["seconds"], args)
-            kept = {k: v for k, v in data.items() if k not in ("track", "offsets", "truth")}
-            results[split] = kept | {"rows": rows}
+            scalars = {k: v for k, v in data.items() if k not in ("track", "offsets", "truth")}
+            results[split] = scalars | {"rows": rows}
         line, chosen = summary(results, centre, args)
         sweeps[str(centre)] = results
         if args.plot and centre_s == args.centre_s[0]:
@@ -225,10 +225,8 @@ def main() -> None:
 def summary(results: dict, centre: float | None, args: object) -> tuple[dict, float]:
     """The benchmark's line for one setting, and the threshold chosen on validation: the most
     detections with false alarms within the budget."""
-    ok = [r for r in results["val"]["rows"] if r["fa_per_hour"] <= args.max_fa_per_hour]
-    chosen = (
-        max(ok, key=lambda r: (r["detection_rate"], -r["threshold"]))["threshold"] if ok else 0.99
-    )
+    best_val = best_within_budget(results["val"]["rows"], args.max_fa_per_hour)
+    chosen = best_val["threshold"] if best_val else 0.99
     test_row = next(r for r in results["test"]["rows"] if r["threshold"] == chosen)
     val_row = next(r for r in results["val"]["rows"] if r["threshold"] == chosen)
     line = {
@@ -251,11 +249,16 @@ def summary(results: dict, centre: float | None, args: object) -> tuple[dict, fl
         "test_clip_posteriors": results["test"]["clip_posteriors"],
     }
     # the best testing row within the budget, for the record (the threshold is not picked there)
-    within = [r for r in results["test"]["rows"] if r["fa_per_hour"] <= args.max_fa_per_hour]
-    if within:
-        best = max(within, key=lambda r: (r["detection_rate"], -r["threshold"]))
-        line["test_best_within_budget"] = best
+    if best_test := best_within_budget(results["test"]["rows"], args.max_fa_per_hour):
+        line["test_best_within_budget"] = best_test
     return line, chosen
+
+
+def best_within_budget(rows: list[dict], max_fa_per_hour: float) -> dict | None:
+    """The row with the most detections at most `max_fa_per_hour` false alarms an hour (the
+    lower threshold on a tie), or None."""
+    ok = [r for r in rows if r["fa_per_hour"] <= max_fa_per_hour]
+    return max(ok, key=lambda r: (r["detection_rate"], -r["threshold"])) if ok else None
 
 
 def plot(results: dict, chosen: float, centre: float | None, args: object, path: str) -> None:
