@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
 # The one device call of issue 6: train_throughput.py on one GPU, full-size (84,843 clips).
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=420)
-# .whl holds soundfile, cffi and pycparser wheels for Python 3.12 (the device image lacks them);
-# fetch them with `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`.
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=480)
+# .whl holds wheels for Python 3.12 that the device image lacks: soundfile, cffi, pycparser
+# (the tutorial pipeline and the waveform store decode with soundfile) and jsonargparse
+# (speechcnn.cli imports it); fetch them with `pip download --no-deps --only-binary=:all:
+# --python-version 3.12 ...` (see /work/.library/device/README.md).
+# A dry run on a CPU: WHEELS= PYTHON=.venv/bin/python CLIPS=1200 STEPS=1 BIG=128 SMALL=64 \
+#   bash benchmarks/gpu_check.sh
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+WHEELS=${WHEELS-.whl}
+if [ -n "$WHEELS" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv
-python3 -c "import torch, soundfile, pytorch_lightning as pl; print(torch.__version__, pl.__version__, soundfile.__version__)"
-B="python3 benchmarks/train_throughput.py --clips 84843 --steps 20 --warmup 3 --precision bf16-mixed"
-L="--cnn-layouts nchw,nhwc,frames"
-# 1. batch 1024: CNN layouts; (a) eager and with the opt-in torch.compile of the CNN; (b).
-timeout 200 $B --batch-size 1024 $L --compile --skip c --json "$OUT/b1024.json" 2>&1 \
-    | tee "$OUT/b1024.log"
-# 2. batch 2048: the same, and (c) with 8 workers and every core.
-timeout 200 $B --batch-size 2048 $L --compile --workers 8,all --json "$OUT/b2048.json" 2>&1 \
-    | tee "$OUT/b2048.log"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null
+$PY -c "import torch, soundfile, pytorch_lightning as pl; print(torch.__version__, pl.__version__, soundfile.__version__)"
+B="$PY benchmarks/train_throughput.py --clips ${CLIPS:-84843} --steps ${STEPS:-20} --warmup 3"
+# 0. Generate the data set (real WAV files) and decode it once into the waveform store.
+timeout 200 $B --skip a,b,c 2>&1 | tee "$OUT/data.log" || exit 1
+# 1. The criteria: recipe default, bf16, batch 2048: CNN layouts, (a) the Lightning training
+#    (three epochs, the first untimed), (b) the bare loop, (c) the tutorial with 8 workers and
+#    every core.
+timeout 240 $B --precision bf16-mixed --batch-size ${BIG:-2048} --epochs 3 --cnn-layouts nchw,nhwc,frames \
+    --workers 8,all --json "$OUT/b2048.json" 2>&1 | tee "$OUT/b2048.log"
+# 2. Batch 1024: (a) eager and with the opt-in compiled front end, (b).
+timeout 150 $B --precision bf16-mixed --batch-size ${SMALL:-1024} --epochs 3 --compile --skip c \
+    --json "$OUT/b1024.json" 2>&1 | tee "$OUT/b1024.log"
+# 3. (a) and (b) in fp16 autocast instead of bf16, batch 2048.
+timeout 60 $B --precision 16-mixed --batch-size ${BIG:-2048} --epochs 3 --skip c \
+    --json "$OUT/fp16.json" 2>&1 | tee "$OUT/fp16.log"
 echo "=== summary"
 cat "$OUT"/*.json

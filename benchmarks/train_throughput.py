@@ -151,13 +151,18 @@ def time_layouts(
     x = torch.randn(batch, net.n_mels, frames, device=device)
     results, reference = {}, None
     state = {k: v.clone() for k, v in cnn.state_dict().items()}
+    tf32 = torch.backends.cudnn.allow_tf32
     for layout in layouts:
         frontend.CONV_LAYOUT[device.type] = layout
         cnn.load_state_dict(state)  # the timing runs below update batch-norm statistics
         xi = x[:64].clone().requires_grad_()
         cnn.eval()  # no dropout, fixed statistics: a deterministic comparison
+        # cuDNN convolves in TF32 by default (10-bit mantissa), and each layout picks its own
+        # kernels: compare the layouts in full float32, time them with the defaults.
+        torch.backends.cudnn.allow_tf32 = False
         y = cnn(xi)
         y.square().sum().backward()
+        torch.backends.cudnn.allow_tf32 = tf32
         if reference is None:
             reference = (y.detach(), xi.grad)
         diff = max(
@@ -207,6 +212,65 @@ def _time_fwd_bwd(
     return (time.perf_counter() - start) / steps * 1000
 
 
+PROFILED_STEPS = 10
+
+
+class Profiler:
+    """torch.profiler over a few training steps; prints where a step's time goes.
+
+    Per step: wall time, host (CPU) time of the operators PyTorch dispatched and how many
+    there were, and on a GPU the kernels' busy time: a step whose host time exceeds its GPU
+    time is bound by the host (Python and kernel launches), not by the GPU.
+    """
+
+    def __init__(self, device: torch.device, name: str) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self.device, self.name, self.steps = device, name, 0
+        activities = [ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        self.prof = profile(activities=activities)
+
+    def __enter__(self) -> Profiler:
+        sync(self.device)
+        self.prof.__enter__()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sync(self.device)
+        wall = time.perf_counter() - self.start
+        self.prof.__exit__(*exc)
+        events = self.prof.key_averages()
+        steps = max(1, self.steps)
+        ops = [e for e in events if e.key.startswith("aten::")]
+        host = sum(e.self_cpu_time_total for e in events) / 1e3 / steps  # us -> ms
+        line = (
+            f"profile {self.name}: {wall / steps * 1e3:.2f} ms/step wall, host {host:.2f} ms/step "
+            f"in {sum(e.count for e in ops) / steps:.0f} operators/step"
+        )
+        if self.device.type == "cuda":
+            from torch.autograd import DeviceType
+
+            # Kernels and copies only: operators (CPU events) and user annotations such as
+            # "Optimizer.step" report the device time of the kernels they contain.
+            kernels = [
+                e
+                for e in events
+                if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+            ]
+            gpu = sum(e.self_device_time_total for e in kernels) / 1e3 / steps  # us -> ms
+            launches = sum(e.count for e in events if "LaunchKernel" in e.key) / steps
+            line += f", GPU busy {gpu:.2f} ms/step, {launches:.0f} kernel launches/step"
+        print(line)
+        sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        print(events.table(sort_by=sort, row_limit=20, max_name_column_width=60))
+        sort = "self_cpu_time_total"
+        if self.device.type == "cuda":
+            print(events.table(sort_by=sort, row_limit=20, max_name_column_width=60))
+
+
 # ----------------------------------------------------------------------------- (a) Lightning
 
 
@@ -219,8 +283,32 @@ def run_lightning(
     epochs: int,
     limit_batches: int | None,
     compile: bool = False,
+    profile: bool = False,
 ) -> dict:
     import pytorch_lightning as pl
+
+    class StepProfiler(pl.Callback):
+        """Profiles PROFILED_STEPS steps of an extra, untimed epoch."""
+
+        def span(self, trainer: pl.Trainer) -> tuple[int, int]:
+            """First and last profiled batch: five in, fewer steps in a short epoch."""
+            batches = trainer.num_training_batches
+            first = max(0, min(5, batches - PROFILED_STEPS))
+            return first, min(first + PROFILED_STEPS, batches) - 1
+
+        def on_train_batch_start(
+            self, trainer: pl.Trainer, module: pl.LightningModule, batch: object, i: int
+        ) -> None:
+            if trainer.current_epoch == epochs and i == self.span(trainer)[0]:
+                self.prof = Profiler(module.device, "(a) speechcnn Lightning").__enter__()
+
+        def on_train_batch_end(
+            self, trainer: pl.Trainer, module: pl.LightningModule, out: object, b: object, i: int
+        ) -> None:
+            first, last = self.span(trainer)
+            if trainer.current_epoch == epochs and i == last:
+                self.prof.steps = last - first + 1
+                self.prof.__exit__(None, None, None)
 
     class EpochClock(pl.Callback):
         def __init__(self) -> None:
@@ -242,7 +330,7 @@ def run_lightning(
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
-        max_epochs=epochs,
+        max_epochs=epochs + profile,  # the profiled epoch is an extra one, not timed
         precision=precision,
         limit_train_batches=limit_batches,
         limit_val_batches=0,  # training throughput only
@@ -252,11 +340,12 @@ def run_lightning(
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=20,
-        callbacks=[clock],
+        callbacks=[clock, StepProfiler()] if profile else [clock],
     )
     trainer.fit(module, datamodule=data)
     steps = trainer.num_training_batches
-    timed = clock.seconds[1:]  # the first epoch warms up (device copy, kernel selection)
+    # The first epoch warms up (device copy, kernel selection).
+    timed = clock.seconds[1:epochs]
     seconds = sum(timed) / len(timed)
     return {
         "samples_per_s": steps * data.batch_size / seconds,
@@ -325,18 +414,10 @@ def run_bare(
     sync(device)
     result = {"samples_per_s": steps * batch / (time.perf_counter() - start)}
     if profile:
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as profiler
-
-        activities = [ProfilerActivity.CPU] + (
-            [ProfilerActivity.CUDA] if device.type == "cuda" else []
-        )
-        with profiler(activities=activities) as prof:
-            for i in range(3):
+        with Profiler(device, "(b) bare loop") as prof:
+            for i in range(PROFILED_STEPS):
                 step(i)
-            sync(device)
-        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+            prof.steps = PROFILED_STEPS
     return result
 
 
@@ -478,7 +559,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--compile-layout", default=None, help="also time torch.compile of the CNN in this layout"
     )
     parser.add_argument("--compile", action="store_true", help="also run (a) with compile=True")
-    parser.add_argument("--profile", action="store_true", help="profile 3 steps of (b)")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile steps of (a) and (b); slows what it times"
+    )
     parser.add_argument("--skip", default="", help="comma list of a,b,c to skip")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
     args = parser.parse_args(argv)
@@ -542,7 +625,14 @@ def main(argv: list[str] | None = None) -> dict:
     rates: dict[str, float] = {}
     if "a" not in skip:
         a = run_lightning(
-            data, model_args, net, precision, accelerator, args.epochs, args.limit_batches
+            data,
+            model_args,
+            net,
+            precision,
+            accelerator,
+            args.epochs,
+            args.limit_batches,
+            profile=args.profile,
         )
         rates["a"] = a["samples_per_s"]
         result["a_loader"] = a["loader"]

@@ -42,11 +42,21 @@ def test_inference_benchmark(tmp_path):
 
 
 def test_train_throughput_benchmark(tmp_path):
-    line = run_json(
-        "benchmarks/train_throughput.py", "--clips", "48", "--batch-size", "8",
-        "--data", str(tmp_path / "sc"), "--layer", "recipes/presets/small.yaml",
-        "--workers", "1", "--warmup", "1", "--steps", "2", "--epochs", "2",
+    result = subprocess.run(
+        [
+            sys.executable, "benchmarks/train_throughput.py", "--clips", "48", "--batch-size", "8",
+            "--data", str(tmp_path / "sc"), "--layer", "recipes/presets/small.yaml",
+            "--workers", "1", "--warmup", "1", "--steps", "2", "--epochs", "2", "--profile",
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    # --profile: where the step's time goes, for both training loops (in an untimed epoch).
+    profiles = [s for s in result.stdout.splitlines() if s.startswith("profile (")]
+    assert [s.split(":")[0] for s in profiles] == ["profile (a) speechcnn Lightning",
+                                                    "profile (b) bare loop"]  # fmt: skip
+    assert all("ms/step wall" in s and "operators/step" in s for s in profiles)
+    line = json.loads(result.stdout.strip().splitlines()[-1])
     assert line["config"][-1] == "recipes/presets/small.yaml"
     assert line["parameters"] < 100_000  # the small preset's model, not the recipe's
     assert set(line["samples_per_s"]) == {"a", "b", "c1"}
