@@ -53,7 +53,8 @@ RECIPES = ROOT / "recipes"
 # session the recipe and its presets test the weights after the last epoch. `default7` is the
 # default of the sixth and seventh sessions (SIXTH_DEFAULT's runs under the recipe's rule),
 # followed by the changes to it tried in the seventh and eighth sessions; the eighth took one of
-# them, a 40 ms window (study/win40), so `default` is now that row's runs.
+# them, a 40 ms window (study/win40), so `default` is now that row's runs. The last row changes
+# the default (random equalisation, tried in the eighth and ninth sessions; not taken).
 FAST = "study/base+study/hop20"
 PREVIOUS_DEFAULT = f"{FAST}+study/cnn3+study/ema+study/long"
 SIXTH_DEFAULT = f"{PREVIOUS_DEFAULT}+study/lstm1x176+study/gain+study/vtlp"
@@ -82,7 +83,9 @@ STUDY = [
     "study/ema999",
     "study/masks8",
     "study/lstm1x208",
+    "study/eq6",
     "default",
+    "study/eq6+study/win40",
 ]
 
 
