@@ -560,7 +560,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--compile", action="store_true", help="also run (a) with compile=True")
     parser.add_argument(
-        "--profile", action="store_true", help="profile steps of (a) and (b); slows what it times"
+        "--profile",
+        action="store_true",
+        help="profile 10 steps of (a), in an extra untimed epoch, and of (b), after its timing",
     )
     parser.add_argument("--skip", default="", help="comma list of a,b,c to skip")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON line here")
