@@ -19,12 +19,18 @@ from speechcnn.spotting import Detection
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_json(*args: str) -> dict:
+def run_script(*args: str) -> list[str]:
+    """The lines a benchmark script prints, after checking that it succeeded."""
     result = subprocess.run(
         [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return result.stdout.strip().splitlines()
+
+
+def run_json(*args: str) -> dict:
+    """The JSON line a benchmark script prints last."""
+    return json.loads(run_script(*args)[-1])
 
 
 def test_inference_benchmark(tmp_path):
@@ -42,21 +48,17 @@ def test_inference_benchmark(tmp_path):
 
 
 def test_train_throughput_benchmark(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable, "benchmarks/train_throughput.py", "--clips", "48", "--batch-size", "8",
-            "--data", str(tmp_path / "sc"), "--layer", "recipes/presets/small.yaml",
-            "--workers", "1", "--warmup", "1", "--steps", "2", "--epochs", "2", "--profile",
-        ],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+    lines = run_script(
+        "benchmarks/train_throughput.py", "--clips", "48", "--batch-size", "8",
+        "--data", str(tmp_path / "sc"), "--layer", "recipes/presets/small.yaml",
+        "--workers", "1", "--warmup", "1", "--steps", "2", "--epochs", "2", "--profile",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     # --profile: where the step's time goes, for both training loops (in an untimed epoch).
-    profiles = [s for s in result.stdout.splitlines() if s.startswith("profile (")]
+    profiles = [s for s in lines if s.startswith("profile (")]
     assert [s.split(":")[0] for s in profiles] == ["profile (a) speechcnn Lightning",
                                                     "profile (b) bare loop"]  # fmt: skip
     assert all("ms/step wall" in s and "operators/step" in s for s in profiles)
-    line = json.loads(result.stdout.strip().splitlines()[-1])
+    line = json.loads(lines[-1])
     assert line["config"][-1] == "recipes/presets/small.yaml"
     assert line["parameters"] < 100_000  # the small preset's model, not the recipe's
     assert set(line["samples_per_s"]) == {"a", "b", "c1"}
@@ -92,15 +94,13 @@ def test_spotting_hits_need_the_right_word_over_the_word_centre():
 
 def test_spotting_benchmark(tmp_path, speech_commands_root):
     ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
-    result = subprocess.run(
-        [sys.executable, "benchmarks/spotting.py", str(ckpt), "--data-root",
-         str(speech_commands_root), "--out-dir", str(tmp_path / "spot"), "--plot",
-         str(tmp_path / "curve.png"), "--centre-s", "0.15", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+    lines = run_script(
+        "benchmarks/spotting.py", str(ckpt), "--data-root", str(speech_commands_root),
+        "--out-dir", str(tmp_path / "spot"), "--plot", str(tmp_path / "curve.png"),
+        "--centre-s", "0.15", "0",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     # one line per --centre-s value, from the same posterior track; 0 counts every window
-    centred, line = (json.loads(text) for text in result.stdout.strip().splitlines()[-2:])
+    centred, line = (json.loads(text) for text in lines[-2:])
     assert centred["centre_s"] == 0.15 and line["centre_s"] is None
     assert centred["test_clip_posteriors"] == line["test_clip_posteriors"]
     sweeps = json.loads((tmp_path / "spot" / "sweep_window.json").read_text())
