@@ -216,17 +216,17 @@ PROFILED_STEPS = 10
 
 
 class Profiler:
-    """torch.profiler over a few training steps; prints where a step's time goes.
+    """torch.profiler over `steps` training steps; prints where a step's time goes.
 
     Per step: wall time, host (CPU) time of the operators PyTorch dispatched and how many
     there were, and on a GPU the kernels' busy time: a step whose host time exceeds its GPU
     time is bound by the host (Python and kernel launches), not by the GPU.
     """
 
-    def __init__(self, device: torch.device, name: str) -> None:
+    def __init__(self, device: torch.device, name: str, steps: int) -> None:
         from torch.profiler import ProfilerActivity, profile
 
-        self.device, self.name, self.steps = device, name, 0
+        self.device, self.name, self.steps = device, name, steps
         activities = [ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
@@ -243,7 +243,7 @@ class Profiler:
         wall = time.perf_counter() - self.start
         self.prof.__exit__(*exc)
         events = self.prof.key_averages()
-        steps = max(1, self.steps)
+        steps = self.steps
         ops = [e for e in events if e.key.startswith("aten::")]
         host = sum(e.self_cpu_time_total for e in events) / 1e3 / steps  # us -> ms
         line = (
@@ -299,15 +299,15 @@ def run_lightning(
         def on_train_batch_start(
             self, trainer: pl.Trainer, module: pl.LightningModule, batch: object, i: int
         ) -> None:
-            if trainer.current_epoch == epochs and i == self.span(trainer)[0]:
-                self.prof = Profiler(module.device, "(a) speechcnn Lightning").__enter__()
+            first, last = self.span(trainer)
+            if trainer.current_epoch == epochs and i == first:
+                name, steps = "(a) speechcnn Lightning", last - first + 1
+                self.prof = Profiler(module.device, name, steps).__enter__()
 
         def on_train_batch_end(
             self, trainer: pl.Trainer, module: pl.LightningModule, out: object, b: object, i: int
         ) -> None:
-            first, last = self.span(trainer)
-            if trainer.current_epoch == epochs and i == last:
-                self.prof.steps = last - first + 1
+            if trainer.current_epoch == epochs and i == self.span(trainer)[1]:
                 self.prof.__exit__(None, None, None)
 
     class EpochClock(pl.Callback):
@@ -414,10 +414,9 @@ def run_bare(
     sync(device)
     result = {"samples_per_s": steps * batch / (time.perf_counter() - start)}
     if profile:
-        with Profiler(device, "(b) bare loop") as prof:
+        with Profiler(device, "(b) bare loop", PROFILED_STEPS):
             for i in range(PROFILED_STEPS):
                 step(i)
-            prof.steps = PROFILED_STEPS
     return result
 
 
