@@ -35,7 +35,7 @@ import torch
 from speechcnn.classify import load_classifier
 from speechcnn.data.audio import read_audio
 from speechcnn.export import quantize_int8
-from speechcnn.model import SpeechClassifier
+from speechcnn.model import Classifier
 from speechcnn.streaming import Streamer
 
 
@@ -55,7 +55,7 @@ def benchmark_audio(root: Path, seconds: float, sample_rate: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def latency_ms(model: SpeechClassifier, clip: torch.Tensor, repeats: int) -> float:
+def latency_ms(model: Classifier, clip: torch.Tensor, repeats: int) -> float:
     """Median milliseconds of one (1, S) clip through the model."""
     for _ in range(10):
         model(clip)
@@ -68,7 +68,7 @@ def latency_ms(model: SpeechClassifier, clip: torch.Tensor, repeats: int) -> flo
 
 
 @torch.inference_mode()
-def throughput(model: SpeechClassifier, batch: torch.Tensor, repeats: int) -> float:
+def throughput(model: Classifier, batch: torch.Tensor, repeats: int) -> float:
     """Clips per second for (B, S) batches (best of `repeats`, after a warm-up)."""
     model(batch)
     best = min(_timed(lambda: model(batch)) for _ in range(repeats))
@@ -82,7 +82,7 @@ def _timed(function: object) -> float:
 
 
 @torch.inference_mode()
-def streaming_cost(model: SpeechClassifier, audio: np.ndarray, chunk_ms: float) -> dict:
+def streaming_cost(model: Classifier, audio: np.ndarray, chunk_ms: float) -> dict:
     """Streaming `audio` in chunks of `chunk_ms`: microseconds per 10 ms of audio, and RTF."""
     streamer = Streamer(model)
     chunk = max(1, round(streamer.sample_rate * chunk_ms / 1000))

@@ -146,7 +146,7 @@ def time_layouts(
 ) -> dict[str, dict]:
     """Forward and backward time of FrequencyCNN per layout; difference to "nchw" in fp32."""
     model = build_classifier(net, 12).to(device).train()
-    cnn = model.frontend
+    cnn = model.members()[0].frontend  # an ensemble's members are alike
     frames = model.features.num_frames(SAMPLE_RATE)
     x = torch.randn(batch, net.n_mels, frames, device=device)
     results, reference = {}, None
@@ -396,9 +396,12 @@ def run_bare(
         index = order[start : start + batch]
         x = augment(to_float(waveforms[index]), lengths[index])
         with autocast(device, precision):
-            logits = model(x, lengths[index])
+            # (M, B, K): an ensemble's members each on their own loss, as in (a)
+            member_logits = model.member_logits(x, lengths[index])
             loss = F.cross_entropy(
-                logits, labels[index], label_smoothing=model_args.get("label_smoothing", 0.0)
+                member_logits.flatten(0, 1),  # (M, B, K) -> (M*B, K)
+                labels[index].repeat(len(member_logits)),
+                label_smoothing=model_args.get("label_smoothing", 0.0),
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -506,7 +509,7 @@ def run_tutorial(
             labels = labels.to(device, non_blocking=True)
             with autocast(device, precision):
                 x = model.features.spec_augment(features)  # (B, F, T), batched as usual
-                logits = model.head(model.frontend(model.input_norm(x)), frames)
+                logits = model.classify_features(x, frames)
                 loss = F.cross_entropy(
                     logits, labels, label_smoothing=model_args.get("label_smoothing", 0.0)
                 )

@@ -2,10 +2,17 @@
 
 from speechcnn.features import LogMelFeatures
 from speechcnn.frontend import FrequencyCNN
-from speechcnn.model import ClassifierConfig, LSTMHead, SpeechClassifier, build_classifier
+from speechcnn.model import (
+    ClassifierConfig,
+    EnsembleClassifier,
+    LSTMHead,
+    SpeechClassifier,
+    build_classifier,
+)
 
 __all__ = [
     "ClassifierConfig",
+    "EnsembleClassifier",
     "FrequencyCNN",
     "LSTMHead",
     "LogMelFeatures",

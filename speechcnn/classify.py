@@ -21,14 +21,14 @@ from torch import Tensor
 
 from speechcnn.data.audio import AudioError, read_audio
 from speechcnn.data.clips import to_float
-from speechcnn.model import SpeechClassifier
+from speechcnn.model import Classifier
 
 
 @dataclass
 class LoadedModel:
     """A classifier ready for inference, with what its checkpoint says about its input."""
 
-    model: SpeechClassifier
+    model: Classifier
     class_names: list[str]
     sample_rate: int
 
@@ -38,7 +38,7 @@ class ModelFileError(ValueError):
 
 
 def load_classifier(path: str | Path) -> LoadedModel:
-    """The `SpeechClassifier` of a Lightning checkpoint (.ckpt), on CPU, in eval mode.
+    """The classifier of a Lightning checkpoint (.ckpt), on CPU, in eval mode.
 
     Raises:
         ModelFileError: the file is missing or holds no speechcnn model (the message says which
@@ -83,7 +83,7 @@ def batched_logits(
 
 
 @torch.no_grad()
-def classify_waveforms(model: SpeechClassifier, waveforms: list[np.ndarray]) -> Tensor:
+def classify_waveforms(model: Classifier, waveforms: list[np.ndarray]) -> Tensor:
     """Class probabilities of mono clips of any lengths at the model's sample rate.
 
     Clips are zero-padded to a common length (at least one analysis window) and classified on

@@ -206,7 +206,110 @@ class SpeechClassifier(nn.Module):
         Returns:
             (B, K) logits.
         """
-        return self.head(self.embed(waveforms), self.frame_lengths(lengths))
+        return self.classify_features(self.features(waveforms), self.frame_lengths(lengths))
+
+    def classify_features(self, features: Tensor, frames: Tensor | None = None) -> Tensor:
+        """Everything after the features: (B, F, T) features, (B,) valid frames -> (B, K) logits."""
+        return self.head(self.frontend(self.input_norm(features)), frames)
+
+    def member_logits(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, S) waveforms -> (M, B, K) logits of each member: here M = 1 (see
+        `EnsembleClassifier`), so that training treats both classifiers alike."""
+        return self(waveforms, lengths)[None]  # (B, K) -> (1, B, K)
+
+    def members(self) -> list[SpeechClassifier]:
+        """The single-model classifiers whose posteriors make this one's: itself."""
+        return [self]
+
+
+def average_posteriors(member_logits: Tensor) -> Tensor:
+    """(M, B, K) member logits -> (B, K) logits whose softmax is the members' mean posterior."""
+    return member_logits.log_softmax(dim=-1).logsumexp(dim=0) - math.log(len(member_logits))
+
+
+class EnsembleClassifier(nn.Module):
+    """Several FrequencyCNN + LSTMHead members on shared features, their posteriors averaged.
+
+    Members differ only in their initial weights and dropout, and each is trained on its own
+    loss (the mean of the members' cross-entropies), so they stay as diverse as separately
+    trained models while the features, the input norm and the data are computed once. On this
+    project's small training split, several small models averaged beat one model with as many
+    parameters: their errors on uncertain clips differ (README, accuracy study).
+
+    Args:
+        features: waveform (B, S) -> (B, F, T) feature extractor, shared.
+        frontends: each member's frame-local front end (B, F, T) -> (B, T, D).
+        heads: each member's sequence classifier (B, T, D) -> (B, K).
+        input_norm: per-bin batch norm of the features, shared.
+    """
+
+    def __init__(
+        self,
+        features: LogMelFeatures,
+        frontends: list[FrequencyCNN],
+        heads: list[LSTMHead],
+        input_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(frontends) < 2 or len(frontends) != len(heads):
+            raise ValueError(
+                f"need at least two members and one head per front end, got {len(frontends)} "
+                f"front ends and {len(heads)} heads"
+            )
+        for frontend in frontends:
+            if frontend.in_freq != features.out_features:
+                raise ValueError(
+                    f"frontend expects {frontend.in_freq} bins, features give "
+                    f"{features.out_features}"
+                )
+        self.features = features
+        self.input_norm = nn.BatchNorm1d(features.out_features) if input_norm else nn.Identity()
+        self.frontends = nn.ModuleList(frontends)
+        self.heads = nn.ModuleList(heads)
+
+    def frame_lengths(self, lengths: Tensor | None) -> Tensor | None:
+        """Valid frames per clip for (B,) valid samples per clip."""
+        return None if lengths is None else self.features.num_frames(lengths)
+
+    def member_logits(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, S) waveforms, (B,) valid samples -> (M, B, K) logits of each member."""
+        return self._member_logits(self.features(waveforms), self.frame_lengths(lengths))
+
+    def _member_logits(self, features: Tensor, frames: Tensor | None) -> Tensor:
+        x = self.input_norm(features)  # (B, F, T), once for every member
+        pairs = zip(self.frontends, self.heads, strict=True)
+        return torch.stack([head(cnn(x), frames) for cnn, head in pairs])  # (M, B, K)
+
+    def classify_features(self, features: Tensor, frames: Tensor | None = None) -> Tensor:
+        """Everything after the features: (B, F, T) features, (B,) valid frames -> (B, K) logits."""
+        return average_posteriors(self._member_logits(features, frames))
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Classify a batch of waveforms.
+
+        Args:
+            waveforms: (B, S) float waveforms, zero-padded past each clip's length.
+            lengths: (B,) valid samples per clip (None: all S).
+
+        Returns:
+            (B, K) logits: the log of the members' mean posterior.
+        """
+        return self.classify_features(self.features(waveforms), self.frame_lengths(lengths))
+
+    def members(self) -> list[SpeechClassifier]:
+        """Each member as a `SpeechClassifier` that shares this model's modules (features,
+        input norm and its own front end and head), for code that runs one model at a time:
+        streaming, spotting and export average the members' posteriors."""
+        views = []
+        for frontend, head in zip(self.frontends, self.heads, strict=True):
+            view = SpeechClassifier(self.features, frontend, head, input_norm=False)
+            view.input_norm = self.input_norm  # shared, not a fresh batch norm
+            views.append(view.train(self.training))
+        return views
+
+
+# What every consumer of a trained model (streaming, spotting, export, classify) accepts.
+Classifier = SpeechClassifier | EnsembleClassifier
 
 
 @dataclass(frozen=True)
@@ -214,7 +317,8 @@ class ClassifierConfig:
     """Architecture hyperparameters of `SpeechClassifier`, as recipes and checkpoints hold them.
 
     Feature fields go to `LogMelFeatures`, `cnn_*` to `FrequencyCNN`, `lstm_*`, `bidirectional`,
-    `pooling` and `head_dropout` to `LSTMHead`.
+    `pooling` and `head_dropout` to `LSTMHead`. `members` > 1 builds an `EnsembleClassifier` of
+    that many front ends and heads on one set of features.
     """
 
     n_mels: int = 40
@@ -239,13 +343,17 @@ class ClassifierConfig:
     bidirectional: bool = False
     pooling: str = "last"
     head_dropout: float = 0.1
+    members: int = 1
 
 
 def build_classifier(
     config: ClassifierConfig, num_classes: int, sample_rate: int = 16000
-) -> SpeechClassifier:
-    """The full model for `num_classes` classes of audio at `sample_rate` Hz."""
+) -> Classifier:
+    """The full model for `num_classes` classes of audio at `sample_rate` Hz: one
+    `SpeechClassifier`, or an `EnsembleClassifier` of `config.members` of them."""
     c = config
+    if c.members < 1:
+        raise ValueError(f"members must be >= 1, got {c.members}")
     features = LogMelFeatures(
         sample_rate=sample_rate,
         n_mels=c.n_mels,
@@ -259,28 +367,34 @@ def build_classifier(
         freq_warp=c.freq_warp,
         spectral_eq_db=c.spectral_eq_db,
     )
-    frontend = FrequencyCNN(
-        features.out_features,
-        channels=c.cnn_channels,
-        kernel_sizes=c.cnn_kernels,
-        strides=c.cnn_strides,
-        pools=c.cnn_pools,
-        dropout=c.cnn_dropout,
-        activation=c.activation,
-    )
-    head = LSTMHead(
-        frontend.out_features,
-        num_classes,
-        hidden_size=c.lstm_hidden,
-        num_layers=c.lstm_layers,
-        bidirectional=c.bidirectional,
-        pooling=c.pooling,
-        dropout=c.head_dropout,
-    )
-    return SpeechClassifier(features, frontend, head, input_norm=c.input_norm)
+    frontends, heads = [], []
+    for _ in range(c.members):
+        frontend = FrequencyCNN(
+            features.out_features,
+            channels=c.cnn_channels,
+            kernel_sizes=c.cnn_kernels,
+            strides=c.cnn_strides,
+            pools=c.cnn_pools,
+            dropout=c.cnn_dropout,
+            activation=c.activation,
+        )
+        head = LSTMHead(
+            frontend.out_features,
+            num_classes,
+            hidden_size=c.lstm_hidden,
+            num_layers=c.lstm_layers,
+            bidirectional=c.bidirectional,
+            pooling=c.pooling,
+            dropout=c.head_dropout,
+        )
+        frontends.append(frontend)
+        heads.append(head)
+    if c.members == 1:
+        return SpeechClassifier(features, frontends[0], heads[0], input_norm=c.input_norm)
+    return EnsembleClassifier(features, frontends, heads, input_norm=c.input_norm)
 
 
-def multiply_accumulates(model: SpeechClassifier, seconds: float = 1.0) -> int:
+def multiply_accumulates(model: Classifier, seconds: float = 1.0) -> int:
     """Multiply-accumulates to classify `seconds` of audio, counted layer by layer.
 
     Counts the features (the FFT as 2 N log2 N real MACs per frame of N samples, the mel
@@ -317,18 +431,18 @@ def multiply_accumulates(model: SpeechClassifier, seconds: float = 1.0) -> int:
     try:
         model.eval()
         with torch.no_grad():
-            embeddings = model.embed(torch.zeros(1, num_samples))
-            model.head(embeddings)
+            model(torch.zeros(1, num_samples))
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
     # The classifier runs on the pooled vector once per clip; the hook saw exactly that.
     macs += sum(counts)
-    lstm = model.head.lstm
-    dirs = 2 if lstm.bidirectional else 1
-    size = lstm.input_size
-    for _ in range(lstm.num_layers):
-        macs += n_frames * dirs * 4 * lstm.hidden_size * (size + lstm.hidden_size)
-        size = lstm.hidden_size * dirs
+    for member in model.members():
+        lstm = member.head.lstm
+        dirs = 2 if lstm.bidirectional else 1
+        size = lstm.input_size
+        for _ in range(lstm.num_layers):
+            macs += n_frames * dirs * 4 * lstm.hidden_size * (size + lstm.hidden_size)
+            size = lstm.hidden_size * dirs
     return int(macs)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speechcnn.model import SpeechClassifier
+from speechcnn.model import Classifier
 from speechcnn.streaming import stream_posteriors
 
 MODES = ("window", "stream")
@@ -115,7 +115,7 @@ class PosteriorTrack:
 
 @torch.no_grad()
 def window_posteriors(
-    model: SpeechClassifier,
+    model: Classifier,
     samples: Tensor | np.ndarray,
     window_s: float = 1.0,
     hop_s: float = 0.05,
@@ -125,7 +125,8 @@ def window_posteriors(
 
     Equal to `model` on each window's samples alone (frames are local), computed in blocks of
     `block_windows` windows so memory stays bounded for long recordings. Works for every head
-    (any pooling, bidirectional too): each window is a whole utterance to the head.
+    (any pooling, bidirectional too): each window is a whole utterance to the head. An
+    ensemble's posteriors are its members' mean.
     """
     feats = model.features
     samples = torch.as_tensor(samples, dtype=torch.float32)
@@ -145,11 +146,15 @@ def window_posteriors(
         block = starts[b : b + block_windows]
         first, last = block[0], block[-1] + win_frames  # frames [first, last)
         span = samples[first * hop : (last - 1) * hop + n_fft]
-        embedded = model.embed(span[None])[0]  # (T_block, D)
+        normed = model.input_norm(feats(span[None]))  # (1, F, T_block), shared by the members
         offsets = torch.tensor(block) - first
         index = offsets[:, None] + torch.arange(win_frames)  # (W, T_win)
-        windows = embedded[index]  # (W, T_win, D)
-        posts.append(model.head(windows).softmax(dim=-1))  # (W, K)
+        block_posts = []
+        for member in model.members():
+            embedded = member.frontend(normed)[0]  # (T_block, D)
+            windows = embedded[index]  # (W, T_win, D)
+            block_posts.append(member.head(windows).softmax(dim=-1))  # (W, K)
+        posts.append(torch.stack(block_posts).mean(dim=0))  # (M, W, K) -> (W, K)
     ends = (np.array(starts) + win_frames - 1) * hop + n_fft
     return PosteriorTrack(
         posteriors=torch.cat(posts).numpy(),
@@ -159,7 +164,7 @@ def window_posteriors(
 
 
 def stream_track(
-    model: SpeechClassifier, samples: Tensor | np.ndarray, window_s: float = 1.0
+    model: Classifier, samples: Tensor | np.ndarray, window_s: float = 1.0
 ) -> PosteriorTrack:
     """Exact streaming posteriors, one per frame, with the LSTM state carried throughout.
 
@@ -167,7 +172,7 @@ def stream_track(
         ValueError: the model pools over time ("mean", "attention"), so its posterior at a
             frame describes the whole recording up to it, not the word being spoken.
     """
-    pooling = model.head.pooling
+    pooling = model.members()[0].head.pooling
     if pooling != "last":
         raise ValueError(
             f"stream mode needs a model with 'last' pooling; this one has {pooling!r}, whose "
@@ -271,7 +276,7 @@ def detect(track: PosteriorTrack, class_names: list[str], config: SpotConfig) ->
 
 
 def posterior_track(
-    model: SpeechClassifier, samples: Tensor | np.ndarray, config: SpotConfig
+    model: Classifier, samples: Tensor | np.ndarray, config: SpotConfig
 ) -> PosteriorTrack:
     """The posterior track of `config.mode` for a mono recording at the model's rate (in
     "window" mode with `centred` set when `config.centre_s` is)."""
@@ -285,7 +290,7 @@ def posterior_track(
 
 
 def spot(
-    model: SpeechClassifier,
+    model: Classifier,
     class_names: list[str],
     samples: Tensor | np.ndarray,
     config: SpotConfig = SpotConfig(),  # noqa: B008 (frozen dataclass)

@@ -30,15 +30,20 @@ from torch import Tensor, nn
 
 from speechcnn.features import LogMelFeatures
 from speechcnn.frontend import ACTIVATIONS
-from speechcnn.model import LSTMHead, SpeechClassifier
+from speechcnn.model import Classifier, LSTMHead, SpeechClassifier
 
 
 class NotStreamableError(ValueError):
     """A model whose outputs at frame t depend on frames after t."""
 
 
-def check_streamable(model: SpeechClassifier) -> None:
+def check_streamable(model: Classifier) -> None:
     """Raise `NotStreamableError` saying why `model` cannot stream and what to change."""
+    for member in model.members():
+        _check_member(member)
+
+
+def _check_member(model: SpeechClassifier) -> None:
     head = model.head
     if not isinstance(head, LSTMHead):
         raise NotStreamableError(f"streaming needs an LSTMHead, got {type(head).__name__}")
@@ -60,19 +65,23 @@ def check_streamable(model: SpeechClassifier) -> None:
 
 
 @torch.no_grad()
-def offline_posteriors(model: SpeechClassifier, waveforms: Tensor) -> Tensor:
+def offline_posteriors(model: Classifier, waveforms: Tensor) -> Tensor:
     """Per-frame class posteriors of whole recordings, the reference the streamer must equal.
 
     Args:
-        model: a streamable classifier (unidirectional LSTM), in eval mode.
+        model: a streamable classifier (unidirectional LSTMs), in eval mode.
         waveforms: (B, S) float waveforms, S >= n_fft.
 
     Returns:
-        (B, T, K) posteriors; row t is the model's posterior for the frames 0..t.
+        (B, T, K) posteriors; row t is the model's posterior for the frames 0..t (an
+        ensemble's: its members' mean).
     """
     check_streamable(model)
-    outputs, _ = model.head.lstm(model.embed(waveforms))  # (B, T, H)
-    return model.head.prefix_logits(outputs).softmax(dim=-1)  # (B, T, K)
+    posteriors = []
+    for member in model.members():
+        outputs, _ = member.head.lstm(member.embed(waveforms))  # (B, T, H)
+        posteriors.append(member.head.prefix_logits(outputs).softmax(dim=-1))  # (B, T, K)
+    return torch.stack(posteriors).mean(dim=0)  # (M, B, T, K) -> (B, T, K)
 
 
 def pool_frame(
@@ -523,17 +532,72 @@ class StreamStep:
     first_frame: int
 
 
+class _MemberStream:
+    """One single-model classifier's stream state and compiled step (see `Streamer`)."""
+
+    def __init__(self, model: SpeechClassifier) -> None:
+        self.model = model
+        self.num_classes: int = model.head.classifier.out_features
+        self.reset()
+        # Float models run whole chunks in one compiled call; others (int8) run the compiled
+        # front-end path, then their own LSTM and classifier modules. The trial input: one
+        # frame's samples, from the start-of-stream state.
+        example = torch.zeros(model.features.n_fft)
+        self._step = (
+            compiled(FrameStep(model), example, *self._state) if FrameStep.usable(model) else None
+        )
+        self._path = None if self._step is not None else compiled(FrameBatchPath(model), example)
+
+    def reset(self) -> None:
+        lstm = self.model.head.lstm
+        zeros = torch.zeros(lstm.num_layers, lstm.hidden_size)
+        # (h, c), each (L, H), and the pooling's log total weight (1,) and mean logits (K,)
+        self._state: tuple[Tensor, Tensor, Tensor, Tensor] = (
+            zeros,
+            zeros,
+            *empty_pool_state(self.num_classes),
+        )
+
+    def frames(self, span: Tensor) -> tuple[Tensor, Tensor]:
+        """Features (F, T) and posteriors (T, K) of the frames that `span` (S,) holds exactly."""
+        if self._step is not None:
+            features, posteriors, *state = self._step(span, *self._state)  # (T, F), (T, K)
+            self._state = tuple(state)
+            return features.T, posteriors  # (T, F) -> (F, T)
+        head = self.model.head
+        features, embedded = self._path(span)  # (T, F), (T, D)
+        # (T, D) -> (1, T, D); state (L, H) -> (L, 1, H), nn.LSTM's layout
+        state = (self._state[0].unsqueeze(1), self._state[1].unsqueeze(1))
+        outputs, (h, c) = head.lstm(embedded.unsqueeze(0), state)  # (1, T, H)
+        logits = head.classifier(outputs[0])  # (T, K)
+        log_total, pooled = self._state[2:]
+        if head.pooling != "last":
+            if head.attention is None:
+                scores = logits.new_zeros(logits.shape[0], 1)
+            else:
+                scores = head.attention(outputs[0])  # (T, 1)
+            # one frame at a time: this path makes no assumption on the scores' range
+            rows = []
+            for score, values in zip(scores, logits, strict=True):
+                pooled, log_total = pool_frame(score, values, log_total, pooled)
+                rows.append(pooled)
+            logits = torch.stack(rows)  # T x (K,) -> (T, K)
+        self._state = (h[:, 0], c[:, 0], log_total, pooled)
+        return features.T, logits.softmax(dim=-1)  # (T, F) -> (F, T)
+
+
 class Streamer:
     """Stateful streaming classifier over one audio stream.
 
     Push chunks of any size (1 sample to minutes); each call returns the frames the chunk
     completed. Samples that do not yet complete a frame, and the n_fft - hop samples that the
     next frame shares with this one, are kept for the next call; the LSTM state is carried.
+    An `EnsembleClassifier` streams each member so and averages their posteriors.
 
     Args:
-        model: a trained `SpeechClassifier` with a unidirectional LSTM (put in eval mode and
-            left there; the streamer never trains). With "mean" or "attention" pooling, each
-            posterior pools over everything since the last `reset`.
+        model: a trained `SpeechClassifier` or `EnsembleClassifier` with unidirectional LSTMs
+            (put in eval mode and left there; the streamer never trains). With "mean" or
+            "attention" pooling, each posterior pools over everything since the last `reset`.
         max_frames_per_step: frames sent through the front end at once (bounds memory for
             very long chunks; any value gives the same result).
 
@@ -541,7 +605,7 @@ class Streamer:
         NotStreamableError: the model's outputs depend on future frames (see the message).
     """
 
-    def __init__(self, model: SpeechClassifier, max_frames_per_step: int = 1000) -> None:
+    def __init__(self, model: Classifier, max_frames_per_step: int = 1000) -> None:
         check_streamable(model)
         if max_frames_per_step <= 0:
             raise ValueError(f"max_frames_per_step must be positive, got {max_frames_per_step}")
@@ -551,30 +615,17 @@ class Streamer:
         self.n_fft: int = features.n_fft
         self.hop: int = features.hop_length
         self.max_frames_per_step = max_frames_per_step
-        self.num_classes: int = model.head.classifier.out_features
+        self._members = [_MemberStream(member) for member in model.members()]
+        self.num_classes: int = self._members[0].num_classes
         self._no_features = torch.zeros(features.out_features, 0)  # (F, 0)
         self._no_posteriors = torch.zeros(0, self.num_classes)  # (0, K)
         self.reset()
-        # Float models run whole chunks in one compiled call; others (int8) run the compiled
-        # front-end path, then their own LSTM and classifier modules. The trial input: one
-        # frame's samples, from the start-of-stream state.
-        example = torch.zeros(self.n_fft)
-        self._step = (
-            compiled(FrameStep(model), example, *self._state) if FrameStep.usable(model) else None
-        )
-        self._path = None if self._step is not None else compiled(FrameBatchPath(model), example)
 
     def reset(self) -> None:
         """Forget the stream: no pending samples, zero LSTM state, frame count 0."""
         self._pending = torch.zeros(0)
-        lstm = self.model.head.lstm
-        zeros = torch.zeros(lstm.num_layers, lstm.hidden_size)
-        # (h, c), each (L, H), and the pooling's log total weight (1,) and mean logits (K,)
-        self._state: tuple[Tensor, Tensor, Tensor, Tensor] = (
-            zeros,
-            zeros,
-            *empty_pool_state(self.num_classes),
-        )
+        for member in self._members:
+            member.reset()
         self.frames_done = 0
         self.samples_seen = 0
 
@@ -626,34 +677,18 @@ class Streamer:
 
     def _frames(self, span: Tensor) -> tuple[Tensor, Tensor]:
         """Features (F, T) and posteriors (T, K) of the frames that `span` (S,) holds exactly."""
-        if self._step is not None:
-            features, posteriors, *state = self._step(span, *self._state)  # (T, F), (T, K)
-            self._state = tuple(state)
-            return features.T, posteriors  # (T, F) -> (F, T)
-        head = self.model.head
-        features, embedded = self._path(span)  # (T, F), (T, D)
-        # (T, D) -> (1, T, D); state (L, H) -> (L, 1, H), nn.LSTM's layout
-        state = (self._state[0].unsqueeze(1), self._state[1].unsqueeze(1))
-        outputs, (h, c) = head.lstm(embedded.unsqueeze(0), state)  # (1, T, H)
-        logits = head.classifier(outputs[0])  # (T, K)
-        log_total, pooled = self._state[2:]
-        if head.pooling != "last":
-            if head.attention is None:
-                scores = logits.new_zeros(logits.shape[0], 1)
-            else:
-                scores = head.attention(outputs[0])  # (T, 1)
-            # one frame at a time: this path makes no assumption on the scores' range
-            rows = []
-            for score, values in zip(scores, logits, strict=True):
-                pooled, log_total = pool_frame(score, values, log_total, pooled)
-                rows.append(pooled)
-            logits = torch.stack(rows)  # T x (K,) -> (T, K)
-        self._state = (h[:, 0], c[:, 0], log_total, pooled)
-        return features.T, logits.softmax(dim=-1)  # (T, F) -> (F, T)
+        if len(self._members) == 1:
+            return self._members[0].frames(span)
+        outputs = [member.frames(span) for member in self._members]
+        # every member computes the same features; the posteriors are averaged
+        posteriors = torch.stack([p for _, p in outputs]).mean(dim=0)  # (M, T, K) -> (T, K)
+        return outputs[0][0], posteriors
 
 
 def stream_posteriors(
-    model: SpeechClassifier, samples: Tensor | np.ndarray, chunk_samples: int = 16000
+    model: Classifier,
+    samples: Tensor | np.ndarray,
+    chunk_samples: int = 16000,
 ) -> Tensor:
     """Per-frame posteriors (T, K) of a recording of any length, fed in chunks of `chunk_samples`.
 

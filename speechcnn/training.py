@@ -1,4 +1,4 @@
-"""The LightningModule: one shared step around `SpeechClassifier`, metrics per stage."""
+"""The LightningModule: one shared step around the classifier, metrics per stage."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from speechcnn.data.clips import Batch
 from speechcnn.frontend import count_parameters
-from speechcnn.model import ClassifierConfig, SpeechClassifier, build_classifier
+from speechcnn.model import Classifier, ClassifierConfig, average_posteriors, build_classifier
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 class SpeechClassifierModule(pl.LightningModule):
-    """Trains a `SpeechClassifier` with cross-entropy and AdamW.
+    """Trains a `SpeechClassifier` (or an `EnsembleClassifier`, each member on its own loss) with
+    cross-entropy and AdamW.
 
     Args:
         class_names: class names in label order (linked from the data module: one source).
@@ -69,14 +70,15 @@ class SpeechClassifierModule(pl.LightningModule):
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
         self.hparams["net"] = dataclasses.asdict(net)
         self.class_names = list(class_names)
-        self.model: SpeechClassifier = build_classifier(net, len(class_names), sample_rate)
+        self.model: Classifier = build_classifier(net, len(class_names), sample_rate)
         # The average is a frozen copy that only on_train_batch_end writes to.
-        self.averaged: SpeechClassifier | None = (
+        self.averaged: Classifier | None = (
             copy.deepcopy(self.model).requires_grad_(False) if ema_decay > 0 else None
         )
         if compile:
             # Module.compile compiles in place: parameter names (and checkpoints) stay as they are.
-            self.model.frontend.compile()
+            for member in self.model.members():
+                member.frontend.compile()
         k = len(class_names)
         self.acc = torch.nn.ModuleDict(
             {
@@ -93,7 +95,7 @@ class SpeechClassifierModule(pl.LightningModule):
         return count_parameters(self.model)
 
     @property
-    def inference_model(self) -> SpeechClassifier:
+    def inference_model(self) -> Classifier:
         """The weights to evaluate and deploy: the moving average when there is one."""
         return self.averaged if self.averaged is not None else self.model
 
@@ -106,21 +108,27 @@ class SpeechClassifierModule(pl.LightningModule):
         if stage != "train":
             logits = self.inference_model(waveforms, lengths)
             loss = F.cross_entropy(logits, labels)
-        elif self.hparams.mixup_alpha > 0:
-            alpha = self.hparams.mixup_alpha
-            # Drawn on the CPU generator, so a seed fixes it on every device.
-            lam = float(torch.distributions.Beta(alpha, alpha).sample())
-            perm = torch.randperm(len(labels)).to(labels.device)
-            waveforms = lam * waveforms + (1.0 - lam) * waveforms[perm]
-            lengths = torch.maximum(lengths, lengths[perm])
-            logits = self(waveforms, lengths)
-            smoothing = self.hparams.label_smoothing
-            loss = lam * F.cross_entropy(logits, labels, label_smoothing=smoothing) + (
-                1.0 - lam
-            ) * F.cross_entropy(logits, labels[perm], label_smoothing=smoothing)
         else:
-            logits = self(waveforms, lengths)
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+            targets = [(labels, 1.0)]
+            if self.hparams.mixup_alpha > 0:
+                alpha = self.hparams.mixup_alpha
+                # Drawn on the CPU generator, so a seed fixes it on every device.
+                lam = float(torch.distributions.Beta(alpha, alpha).sample())
+                perm = torch.randperm(len(labels)).to(labels.device)
+                waveforms = lam * waveforms + (1.0 - lam) * waveforms[perm]
+                lengths = torch.maximum(lengths, lengths[perm])
+                targets = [(labels, lam), (labels[perm], 1.0 - lam)]
+            member_logits = self.model.member_logits(waveforms, lengths)  # (M, B, K)
+            # Each member learns on its own loss, as if trained alone: (M, B, K) -> (M*B, K)
+            flat, n_members = member_logits.flatten(0, 1), len(member_logits)
+            loss = sum(
+                weight
+                * F.cross_entropy(
+                    flat, target.repeat(n_members), label_smoothing=self.hparams.label_smoothing
+                )
+                for target, weight in targets
+            )
+            logits = average_posteriors(member_logits)
         preds = logits.argmax(dim=-1)
         accuracy = self.acc[f"{stage}_acc"]
         accuracy(preds, labels)

@@ -41,8 +41,9 @@ def real_clips(count=6):
     return [read_audio(REAL / name, 16000) for name in names]
 
 
-def test_torchscript_any_batch_and_length(tmp_path):
-    model = tiny_model()
+@pytest.mark.parametrize("overrides", [{}, {"members": 2, "pooling": "attention"}])
+def test_torchscript_any_batch_and_length(tmp_path, overrides):
+    model = tiny_model(**overrides)
     scripted = export_torchscript(model, tmp_path / "m.ts")
     loaded = torch.jit.load(str(tmp_path / "m.ts"))
     for shape in [(1, 16000), (3, 12345), (2, 400)]:
@@ -62,7 +63,7 @@ def test_dft_log_mel_equals_torch_stft():
         assert (logits - model(wave)).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pooling": "attention"}])
+@pytest.mark.parametrize("overrides", [{}, {"pooling": "attention"}, {"members": 2}])
 def test_onnx_matches_pytorch_features_inside_and_outside(tmp_path, overrides):
     pytest.importorskip("onnxruntime")
     model = tiny_model(**overrides)

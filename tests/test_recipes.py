@@ -183,5 +183,6 @@ def test_presets_small_and_streamable():
     # Every preset and the recipe default stream; the streaming preset pools the last frame.
     for config in ("default", "presets/small", "presets/streaming", "presets/full_data"):
         net = accuracy.merged_config(config)["model"]["net"]
-        assert build_classifier(ClassifierConfig(**net), 12).head.streamable, config
+        model = build_classifier(ClassifierConfig(**net), 12)
+        assert all(member.head.streamable for member in model.members()), config
     assert accuracy.merged_config("presets/streaming")["model"]["net"]["pooling"] == "last"

@@ -28,7 +28,13 @@ NAMES = ["_silence_", "_unknown_", "yes", "no"]
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"pooling": "attention"}, {"pooling": "mean", "bidirectional": True}]
+    "overrides",
+    [
+        {},
+        {"pooling": "attention"},
+        {"pooling": "mean", "bidirectional": True},
+        {"pooling": "attention", "members": 2},
+    ],
 )
 def test_window_posteriors_equal_the_model_on_each_window_alone(overrides):
     model = tiny_model(**overrides)

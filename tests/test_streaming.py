@@ -95,6 +95,8 @@ def test_random_chunkings_equal_offline(seed, max_chunk):
         {"cnn_strides": (2, 1), "cnn_pools": (1, 2), "activation": "gelu"},
         {"lstm_layers": 1},
         {"win_ms": 40.0, "hop_ms": 20.0},  # the recipe's framing: frames overlap by half
+        {"members": 3, "pooling": "attention"},  # an ensemble: its members' mean posterior
+        {"members": 2, "lstm_layers": 1},
     ],
 )
 def test_other_configurations_stream_exactly(overrides):
@@ -226,7 +228,7 @@ def test_streams_where_a_frozen_module_cannot_run():
         posts = torch.cat(
             [streamer.push(wave[i : i + 500]).posteriors for i in range(0, 4800, 500)]
         )
-    assert isinstance(streamer._step, torch.jit.ScriptModule)
+    assert isinstance(streamer._members[0]._step, torch.jit.ScriptModule)
     assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
 
 
@@ -252,10 +254,11 @@ def test_float_models_stream_compiled_and_int8_models_stream(pooling):
     from speechcnn.export import quantize_int8
 
     model = tiny_model(seed=5, pooling=pooling)
-    assert isinstance(Streamer(model)._step, torch.jit.ScriptModule)
+    assert isinstance(Streamer(model)._members[0]._step, torch.jit.ScriptModule)
     quantized = quantize_int8(model)
     streamer = Streamer(quantized)
-    assert streamer._step is None and isinstance(streamer._path, torch.jit.ScriptModule)
+    (member,) = streamer._members
+    assert member._step is None and isinstance(member._path, torch.jit.ScriptModule)
     wave = recording(0.5, seed=8)
     posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
     # int8 activations are quantized per call, so chunked int8 is close to, not equal to,
