@@ -86,6 +86,7 @@ STUDY = [
     "study/eq6",
     "default",
     "study/eq6+study/win40",
+    "study/ens4",
 ]
 
 
