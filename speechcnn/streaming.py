@@ -549,6 +549,7 @@ class _MemberStream:
         self._path = None if self._step is not None else compiled(FrameBatchPath(model), example)
 
     def reset(self) -> None:
+        """Zero LSTM and pooling state."""
         lstm = self.model.head.lstm
         zeros = torch.zeros(lstm.num_layers, lstm.hidden_size)
         # (h, c), each (L, H), and the pooling's log total weight (1,) and mean logits (K,)
