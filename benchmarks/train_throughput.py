@@ -46,7 +46,7 @@ from speechcnn import frontend  # noqa: E402
 from speechcnn.data.clips import BatchAugment, to_float  # noqa: E402
 from speechcnn.data.speech_commands import KEYWORDS, SpeechCommandsDataModule  # noqa: E402
 from speechcnn.features import LogMelFeatures  # noqa: E402
-from speechcnn.model import ClassifierConfig, build_classifier  # noqa: E402
+from speechcnn.model import ClassifierConfig, build_classifier, members_cross_entropy  # noqa: E402
 from speechcnn.recipe import stacked_config  # noqa: E402
 from speechcnn.training import SpeechClassifierModule  # noqa: E402
 
@@ -398,10 +398,8 @@ def run_bare(
         with autocast(device, precision):
             # (M, B, K): an ensemble's members each on their own loss, as in (a)
             member_logits = model.member_logits(x, lengths[index])
-            loss = F.cross_entropy(
-                member_logits.flatten(0, 1),  # (M, B, K) -> (M*B, K)
-                labels[index].repeat(len(member_logits)),
-                label_smoothing=model_args.get("label_smoothing", 0.0),
+            loss = members_cross_entropy(
+                member_logits, labels[index], model_args.get("label_smoothing", 0.0)
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

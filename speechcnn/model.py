@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -220,6 +221,18 @@ class SpeechClassifier(nn.Module):
     def members(self) -> list[SpeechClassifier]:
         """The single-model classifiers whose posteriors make this one's: itself."""
         return [self]
+
+
+def members_cross_entropy(
+    member_logits: Tensor, labels: Tensor, label_smoothing: float = 0.0
+) -> Tensor:
+    """The training loss of (M, B, K) member logits for (B,) labels: the mean over members of
+    each member's own cross-entropy, so each learns as if trained alone (M = 1: plain CE)."""
+    return F.cross_entropy(
+        member_logits.flatten(0, 1),  # (M, B, K) -> (M*B, K)
+        labels.repeat(len(member_logits)),
+        label_smoothing=label_smoothing,
+    )
 
 
 def average_posteriors(member_logits: Tensor) -> Tensor:

@@ -141,7 +141,7 @@ def window_posteriors(
     starts = list(range(0, total - win_frames + 1, step))
     if starts[-1] != total - win_frames:
         starts.append(total - win_frames)  # the last window ends at the last frame
-    posts = []
+    members, posts = model.members(), []
     for b in range(0, len(starts), block_windows):
         block = starts[b : b + block_windows]
         first, last = block[0], block[-1] + win_frames  # frames [first, last)
@@ -150,7 +150,7 @@ def window_posteriors(
         offsets = torch.tensor(block) - first
         index = offsets[:, None] + torch.arange(win_frames)  # (W, T_win)
         block_posts = []
-        for member in model.members():
+        for member in members:
             embedded = member.frontend(normed)[0]  # (T_block, D)
             windows = embedded[index]  # (W, T_win, D)
             block_posts.append(member.head(windows).softmax(dim=-1))  # (W, K)

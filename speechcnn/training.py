@@ -14,7 +14,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from speechcnn.data.clips import Batch
 from speechcnn.frontend import count_parameters
-from speechcnn.model import Classifier, ClassifierConfig, average_posteriors, build_classifier
+from speechcnn.model import (
+    Classifier,
+    ClassifierConfig,
+    average_posteriors,
+    build_classifier,
+    members_cross_entropy,
+)
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 
@@ -119,13 +125,9 @@ class SpeechClassifierModule(pl.LightningModule):
                 lengths = torch.maximum(lengths, lengths[perm])
                 targets = [(labels, lam), (labels[perm], 1.0 - lam)]
             member_logits = self.model.member_logits(waveforms, lengths)  # (M, B, K)
-            # Each member learns on its own loss, as if trained alone: (M, B, K) -> (M*B, K)
-            flat, n_members = member_logits.flatten(0, 1), len(member_logits)
+            smoothing = self.hparams.label_smoothing
             loss = sum(
-                weight
-                * F.cross_entropy(
-                    flat, target.repeat(n_members), label_smoothing=self.hparams.label_smoothing
-                )
+                weight * members_cross_entropy(member_logits, target, smoothing)
                 for target, weight in targets
             )
             logits = average_posteriors(member_logits)
