@@ -228,7 +228,7 @@ def test_streams_where_a_frozen_module_cannot_run():
         posts = torch.cat(
             [streamer.push(wave[i : i + 500]).posteriors for i in range(0, 4800, 500)]
         )
-    assert isinstance(streamer._members[0]._step, torch.jit.ScriptModule)
+    assert isinstance(streamer._streams[0]._step, torch.jit.ScriptModule)
     assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
 
 
@@ -254,10 +254,10 @@ def test_float_models_stream_compiled_and_int8_models_stream(pooling):
     from speechcnn.export import quantize_int8
 
     model = tiny_model(seed=5, pooling=pooling)
-    assert isinstance(Streamer(model)._members[0]._step, torch.jit.ScriptModule)
+    assert isinstance(Streamer(model)._streams[0]._step, torch.jit.ScriptModule)
     quantized = quantize_int8(model)
     streamer = Streamer(quantized)
-    (member,) = streamer._members
+    (member,) = streamer._streams
     assert member._step is None and isinstance(member._path, torch.jit.ScriptModule)
     wave = recording(0.5, seed=8)
     posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
@@ -267,3 +267,32 @@ def test_float_models_stream_compiled_and_int8_models_stream(pooling):
         outputs, _ = quantized.head.lstm(quantized.embed(wave[None]))
         offline = quantized.head.prefix_logits(outputs)[0].softmax(-1)
     assert (posts - offline).abs().max() < 0.05
+
+
+def test_float_ensembles_stream_in_one_step_and_int8_ensembles_member_by_member():
+    from speechcnn.export import quantize_int8
+
+    model = tiny_model(seed=3, members=3, pooling="mean")
+    (fused,) = Streamer(model)._streams  # the features once, every member in one call
+    assert isinstance(fused, streaming._EnsembleStream)
+    assert isinstance(fused._step, torch.jit.ScriptModule)
+    # the fused step in eager mode is the mean of the members' own steps
+    wave = recording(0.3, seed=5)
+    span = wave[: 9 * model.features.hop_length + model.features.n_fft]
+    state = fused._state
+    with torch.no_grad():
+        features, mean, *_ = streaming.EnsembleStep(model.members())(span, *state)
+        alone = [
+            streaming.FrameStep(m)(span, *(s[i] for s in state))
+            for i, m in enumerate(model.members())
+        ]
+    assert features.shape == (10, model.features.out_features)
+    assert torch.allclose(features, alone[0][0])
+    assert torch.allclose(mean, torch.stack([out[1] for out in alone]).mean(0), atol=1e-6)
+
+    quantized = quantize_int8(model)
+    streamer = Streamer(quantized)
+    assert len(streamer._streams) == 3  # int8 members stream one by one, posteriors averaged
+    wave = recording(0.5, seed=8)
+    posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
+    assert (posts - offline_posteriors(quantized, wave[None])[0]).abs().max() < 0.05
