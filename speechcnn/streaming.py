@@ -296,14 +296,8 @@ class FrameBatchPath(nn.Module):
             elif op == "pool":
                 # (T, F', C) -> windows (T, F'', C, p) -> (T, F'', C)
                 x = x.unfold(1, self.pool_size[i], self.pool_stride[i]).amax(-1)
-            elif self.activation == "relu":
-                x = torch.relu(x)
-            elif self.activation == "gelu":
-                x = F.gelu(x)
-            elif self.activation == "silu":
-                x = F.silu(x)
             else:
-                x = F.elu(x)
+                x = _activate(x, self.activation)
         # (T, F', C') -> (T, C', F') -> (T, C'*F'): the front end's (C', F') flattening order
         return x.transpose(1, 2).flatten(1)
 
@@ -512,7 +506,6 @@ class FrameStep(nn.Module):
 
     def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The stacked LSTM frame by frame: (T, D), (L, H), (L, H) -> (T, H), (L, H), (L, H)."""
-        hidden = self.hidden
         hs = [h[layer : layer + 1] for layer in range(self.num_layers)]  # L x (1, H)
         cs = [c[layer : layer + 1] for layer in range(self.num_layers)]
         outputs: list[Tensor] = []
@@ -522,13 +515,7 @@ class FrameStep(nn.Module):
                 # [x_t, h_{t-1}] @ [W_ih; W_hh]: one matrix-vector product per layer and frame
                 stacked = torch.cat([inputs, hs[layer]], 1)  # (1, D_l + H)
                 gates = torch.addmm(self.bias[layer], stacked, self.w_stacked[layer])  # (1, 4H)
-                ifo = torch.sigmoid(gates[:, : 3 * hidden])  # the three sigmoid gates at once
-                cs[layer] = torch.addcmul(
-                    ifo[:, hidden : 2 * hidden] * cs[layer],
-                    ifo[:, :hidden],
-                    torch.tanh(gates[:, 3 * hidden :]),
-                )
-                hs[layer] = ifo[:, 2 * hidden :] * torch.tanh(cs[layer])
+                hs[layer], cs[layer] = _lstm_cell(gates, cs[layer], self.hidden)  # (1, H)
                 inputs = hs[layer]
             outputs.append(inputs)
         output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 0)
@@ -536,54 +523,222 @@ class FrameStep(nn.Module):
 
 
 class EnsembleStep(nn.Module):
-    """An ensemble's whole per-chunk computation in one compiled call: the features once, then
-    each member's `FrameStep.classify` on them, the members' posteriors averaged.
+    """An ensemble's whole per-chunk computation in one compiled call, its members batched.
 
-    The members share the features and the input norm (`EnsembleClassifier`), so computing
-    the STFT and mel energies once, and paying one call's interpreter overhead instead of one
-    per member, is the same result for less work.
+    The members share the features and the input norm (`EnsembleClassifier`) and have one
+    shape, so the STFT and mel energies are computed once and every later product runs for
+    all M members at once, as `torch.baddbmm` on their stacked weights: a chunk costs about
+    as many operations as one model's `FrameStep`, and at 10-20 ms chunks the number of
+    operations, not the arithmetic, is what a chunk costs (see `FrameStep`). Each member
+    computes what its own `FrameStep` would (to float rounding); the posteriors are their mean.
 
     Args:
-        members: the ensemble's members (`EnsembleClassifier.members()`), each `FrameStep.usable`.
+        members: the ensemble's members (`EnsembleClassifier.members()`); see `batchable`.
         max_step_frames: as `FrameStep`'s.
     """
 
+    conv_weight: list[Tensor]  # (M, C_in * k, C_out) each
+    conv_bias: list[Tensor]  # (M, 1, C_out) each
+    w_stacked: list[Tensor]  # (M, D_l + H, 4H) per layer
+    bias: list[Tensor]  # (M, 1, 4H) per layer
+    lstm_weights: list[list[Tensor]]  # each member's nn.LSTM weights
+
     def __init__(self, members: list[SpeechClassifier], max_step_frames: int = 4) -> None:
         super().__init__()
-        self.steps = nn.ModuleList([FrameStep(m, max_step_frames) for m in members])
+        if not self.batchable(members):
+            raise ValueError("EnsembleStep needs float members of one architecture (batchable)")
+        steps = [FrameStep(member, max_step_frames) for member in members]
+        first, paths = steps[0], [step.path for step in steps]
+
+        def stacked(tensors: list[Tensor], keep_row: bool = False) -> Tensor:
+            # M x (...) -> (M, ...); a bias (N,) -> (M, 1, N), as baddbmm adds it to each row
+            out = torch.stack(tensors)
+            return out.unsqueeze(1) if keep_row else out
+
+        # the features and the front end's settings: every member's are the same
+        self.path = first.path
+        convs, layers = range(len(first.path.conv_weight)), range(first.num_layers)
+        self.conv_weight = [stacked([p.conv_weight[i] for p in paths]) for i in convs]
+        self.conv_bias = [stacked([p.conv_bias[i] for p in paths], True) for i in convs]
+        self.register_buffer("first_matrix", stacked([p.first_matrix for p in paths]))
+        self.register_buffer("first_bias", stacked([p.first_bias for p in paths], True))
+        self.w_stacked = [stacked([step.w_stacked[k] for step in steps]) for k in layers]
+        self.bias = [stacked([step.bias[k] for step in steps], True) for k in layers]
+        self.lstm_weights = [step.lstm_weights for step in steps]
+        self.lstm_bias, self.num_layers = first.lstm_bias, first.num_layers
+        self.hidden, self.max_step_frames = first.hidden, max_step_frames
+        self.pooling: str = first.pooling
+        self.pool_whole_chunk = all(step.pool_whole_chunk for step in steps)
+        # (K, H) -> (H, K) per member, as FrameStep holds it: (M, H, K)
+        self.register_buffer("classifier_weight", stacked([s.classifier_weight for s in steps]))
+        self.register_buffer("classifier_bias", stacked([s.classifier_bias for s in steps], True))
+        self.register_buffer("pool_weight", stacked([step.pool_weight for step in steps]))
+        self.register_buffer("pool_bias", stacked([step.pool_bias for step in steps], True))
+
+    @staticmethod
+    def batchable(members: list[SpeechClassifier]) -> bool:
+        """Float members (`FrameStep.usable`) of one architecture: the same parameter shapes,
+        front-end layers and pooling."""
+
+        def layout(model: SpeechClassifier) -> tuple:
+            shapes = [tuple(p.shape) for p in model.parameters()]
+            return shapes, repr(model.frontend.layers), model.head.pooling
+
+        return all(FrameStep.usable(m) and layout(m) == layout(members[0]) for m in members)
 
     def forward(
-        self,
-        span: Tensor,
-        h: list[Tensor],
-        c: list[Tensor],
-        log_total: list[Tensor],
-        pooled: list[Tensor],
-    ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        self, span: Tensor, h: Tensor, c: Tensor, log_total: Tensor, pooled: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Features and averaged posteriors of every whole frame of `span`, and the new state.
 
         Args:
             span: (S,) samples, S = (T - 1) * hop + n_fft.
-            h, c, log_total, pooled: each member's stream state, as `FrameStep.forward`'s.
+            h, c: (M, L, H) each member's LSTM state before the span's first frame.
+            log_total, pooled: (M, 1) and (M, K), each member's pooling state (see
+                `FrameStep.forward`).
 
         Returns:
-            (T, F) features, (T, K) posteriors (the members' mean), and each member's new state.
+            (T, F) features, (T, K) posteriors (the members' mean), and the members' (M, L, H)
+            h and c and (M, 1), (M, K) pooling state after the last frame.
         """
-        features = self.steps[0].path.featurize(span)  # (T, F), the same for every member
-        posteriors: list[Tensor] = []
-        hs: list[Tensor] = []
-        cs: list[Tensor] = []
-        totals: list[Tensor] = []
-        pools: list[Tensor] = []
-        for i, step in enumerate(self.steps):
-            p, h_i, c_i, total, pool = step.classify(features, h[i], c[i], log_total[i], pooled[i])
-            posteriors.append(p)
-            hs.append(h_i)
-            cs.append(c_i)
-            totals.append(total)
-            pools.append(pool)
-        mean = torch.stack(posteriors).mean(0)  # M x (T, K) -> (M, T, K) -> (T, K)
-        return features, mean, hs, cs, totals, pools
+        features = self.path.featurize(span)  # (T, F), the same for every member
+        x = self._embed(features)  # (M, T, D)
+        n_frames = x.shape[1]
+        if n_frames > self.max_step_frames:
+            outputs: list[Tensor] = []
+            hs: list[Tensor] = []
+            cs: list[Tensor] = []
+            for i, weights in enumerate(self.lstm_weights):
+                # member i: (T, D) -> (1, T, D), one batch-first sequence; (L, H) -> (L, 1, H)
+                out = torch.lstm(
+                    x[i : i + 1],
+                    [h[i].unsqueeze(1), c[i].unsqueeze(1)],
+                    weights,
+                    self.lstm_bias,
+                    self.num_layers,
+                    0.0,
+                    False,
+                    False,
+                    True,
+                )
+                outputs.append(out[0][0])
+                hs.append(out[1][:, 0])
+                cs.append(out[2][:, 0])
+            # M x (T, H) -> (M, T, H); M x (L, H) -> (M, L, H)
+            x, h, c = torch.stack(outputs), torch.stack(hs), torch.stack(cs)
+        else:
+            x, h, c = self._steps(x, h, c)
+        if self.pooling == "last":
+            logits = torch.baddbmm(self.classifier_bias, x, self.classifier_weight)  # (M, T, K)
+        else:
+            scored = torch.baddbmm(self.pool_bias, x, self.pool_weight)  # (M, T, 1 + K)
+            if n_frames > self.max_step_frames and self.pool_whole_chunk:
+                rows: list[Tensor] = []
+                totals: list[Tensor] = []
+                pools: list[Tensor] = []
+                for i in range(scored.shape[0]):  # each member's scores have their own range
+                    means, last, total = prefix_pool(
+                        scored[i, :, 0], scored[i, :, 1:], log_total[i], pooled[i]
+                    )
+                    rows.append(means)
+                    pools.append(last)
+                    totals.append(total)
+                # M x (T, K) -> (M, T, K); M x (K,) -> (M, K); M x (1,) -> (M, 1)
+                logits, pooled, log_total = (
+                    torch.stack(rows),
+                    torch.stack(pools),
+                    torch.stack(totals),
+                )
+            else:  # a few frames: every member at once, frame by frame
+                rows = []
+                for t in range(n_frames):
+                    pooled, log_total = pool_frame(
+                        scored[:, t, :1], scored[:, t, 1:], log_total, pooled
+                    )  # (M, K), (M, 1)
+                    rows.append(pooled)
+                # T x (M, K) -> (M, T, K)
+                logits = rows[0].unsqueeze(1) if len(rows) == 1 else torch.stack(rows, 1)
+        posteriors = logits.softmax(-1).mean(0)  # (M, T, K) -> (T, K)
+        return features, posteriors, h, c, log_total, pooled
+
+    def _embed(self, features: Tensor) -> Tensor:
+        """Every member's input norm and front end: (T, F) features -> (M, T, D)."""
+        path = self.path
+        n_members = self.conv_bias[0].shape[0]
+        if path.first_dense:
+            # the input norm and the first convolution in one product (see FrameBatchPath)
+            x = torch.baddbmm(
+                self.first_bias, features.expand(n_members, -1, -1), self.first_matrix
+            )  # (M, T, F' * C')
+            # (M, T, F' * C') -> (M, T, F', C')
+            x = x.view(n_members, x.shape[1], -1, self.conv_bias[0].shape[2])
+            program = path.program[1:]
+        else:
+            x = torch.addcmul(path.norm_shift, features, path.norm_scale)  # (T, F), shared
+            x = x.expand(n_members, -1, -1).unsqueeze(3)  # (T, F) -> (M, T, F, 1)
+            program = path.program
+        for op, i in program:
+            if op == "conv":
+                x = self._conv(x, i)
+            elif op == "pool":
+                # (M, T, F', C) -> windows (M, T, F'', C, p) -> (M, T, F'', C)
+                x = x.unfold(2, path.pool_size[i], path.pool_stride[i]).amax(-1)
+            else:
+                x = _activate(x, path.activation)
+        # (M, T, F', C') -> (M, T, C', F') -> (M, T, C'*F'): the front end's flattening order
+        return x.transpose(2, 3).flatten(2)
+
+    def _conv(self, x: Tensor, i: int) -> Tensor:
+        """Convolution `i` of every member's front end: (M, T, F, C) -> (M, T, F', C')."""
+        path = self.path
+        pad = path.conv_padding[i]
+        if pad > 0:
+            zeros = x.new_zeros(x.shape[0], x.shape[1], pad, x.shape[3])  # (M, T, pad, C)
+            x = torch.cat([zeros, x, zeros], 2)  # (M, T, F + 2 pad, C)
+        windows = x.unfold(2, path.conv_kernel[i], path.conv_stride[i])  # (M, T, F', C, k)
+        n_members, n_frames, n_freq = windows.shape[0], windows.shape[1], windows.shape[2]
+        # (M, T, F', C, k) -> (M, T * F', C * k), rows as FrameBatchPath._conv lays them out
+        windows = windows.reshape(n_members, n_frames * n_freq, -1)
+        x = torch.baddbmm(self.conv_bias[i], windows, self.conv_weight[i])  # (M, T * F', C')
+        return x.view(n_members, n_frames, n_freq, -1)  # (M, T * F', C') -> (M, T, F', C')
+
+    def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every member's LSTM frame by frame: (M, T, D), (M, L, H) -> (M, T, H), (M, L, H)."""
+        hs = [h[:, layer : layer + 1] for layer in range(self.num_layers)]  # L x (M, 1, H)
+        cs = [c[:, layer : layer + 1] for layer in range(self.num_layers)]
+        outputs: list[Tensor] = []
+        for t in range(x.shape[1]):
+            inputs = x[:, t : t + 1]  # (M, 1, D)
+            for layer in range(self.num_layers):
+                stacked = torch.cat([inputs, hs[layer]], 2)  # (M, 1, D_l + H)
+                gates = torch.baddbmm(self.bias[layer], stacked, self.w_stacked[layer])
+                hs[layer], cs[layer] = _lstm_cell(gates, cs[layer], self.hidden)  # (M, 1, H)
+                inputs = hs[layer]
+            outputs.append(inputs)
+        # T x (M, 1, H) -> (M, T, H)
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 1)
+        return output, torch.cat(hs, 1), torch.cat(cs, 1)
+
+
+def _activate(x: Tensor, kind: str) -> Tensor:
+    """The front end's activation `kind` (a key of ACTIVATIONS)."""
+    if kind == "relu":
+        return torch.relu(x)
+    if kind == "gelu":
+        return F.gelu(x)
+    if kind == "silu":
+        return F.silu(x)
+    return F.elu(x)
+
+
+def _lstm_cell(gates: Tensor, c: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
+    """An LSTM cell's update from its (..., 4H) gates in (i, f, o, g) order and (..., H) cell
+    state: the new (..., H) h and c."""
+    ifo = torch.sigmoid(gates[..., : 3 * hidden])  # the three sigmoid gates at once
+    c = torch.addcmul(
+        ifo[..., hidden : 2 * hidden] * c, ifo[..., :hidden], torch.tanh(gates[..., 3 * hidden :])
+    )
+    return ifo[..., 2 * hidden :] * torch.tanh(c), c
 
 
 @dataclass
@@ -657,8 +812,8 @@ def _zero_state(model: SpeechClassifier) -> tuple[Tensor, Tensor, Tensor, Tensor
 
 
 class _EnsembleStream:
-    """A float ensemble's stream state, one list per state tensor with an entry per member,
-    and its compiled `EnsembleStep` (see `Streamer`)."""
+    """A float ensemble's stream state, each member's stacked (M, ...), and its compiled
+    `EnsembleStep` (see `Streamer`)."""
 
     def __init__(self, members: list[SpeechClassifier]) -> None:
         self.members = members
@@ -669,8 +824,8 @@ class _EnsembleStream:
     def reset(self) -> None:
         """Zero every member's LSTM and pooling state."""
         states = [_zero_state(member) for member in self.members]
-        # M x (h, c, log_total, pooled) -> (M h's, M c's, M log totals, M pooled)
-        self._state = tuple([list(column) for column in zip(*states, strict=True)])
+        # M x (h, c, log_total, pooled) -> (M, L, H), (M, L, H), (M, 1), (M, K)
+        self._state = tuple(torch.stack(column) for column in zip(*states, strict=True))
 
     def frames(self, span: Tensor) -> tuple[Tensor, Tensor]:
         """Features (F, T) and averaged posteriors (T, K) of the frames `span` (S,) holds."""
@@ -686,7 +841,7 @@ class Streamer:
     completed. Samples that do not yet complete a frame, and the n_fft - hop samples that the
     next frame shares with this one, are kept for the next call; the LSTM state is carried.
     An `EnsembleClassifier` streams its members in one compiled step (`EnsembleStep`: the
-    features once, then each member) and averages their posteriors.
+    features once, the members batched) and averages their posteriors.
 
     Args:
         model: a trained `SpeechClassifier` or `EnsembleClassifier` with unidirectional LSTMs
@@ -710,9 +865,9 @@ class Streamer:
         self.hop: int = features.hop_length
         self.max_frames_per_step = max_frames_per_step
         members = model.members()
-        if len(members) > 1 and all(FrameStep.usable(member) for member in members):
+        if len(members) > 1 and EnsembleStep.batchable(members):
             self._streams: list[_MemberStream | _EnsembleStream] = [_EnsembleStream(members)]
-        else:  # one model, or an int8 ensemble: one stream per member, posteriors averaged
+        else:  # one model, or int8 or unlike members: a stream each, posteriors averaged
             self._streams = [_MemberStream(member) for member in members]
         self.num_classes: int = members[0].head.classifier.out_features
         self._no_features = torch.zeros(features.out_features, 0)  # (F, 0)

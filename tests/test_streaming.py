@@ -269,30 +269,55 @@ def test_float_models_stream_compiled_and_int8_models_stream(pooling):
     assert (posts - offline).abs().max() < 0.05
 
 
-def test_float_ensembles_stream_in_one_step_and_int8_ensembles_member_by_member():
+@pytest.mark.parametrize(
+    ("overrides", "max_dense"),
+    [
+        ({"pooling": "last"}, 10**9),
+        ({"pooling": "mean", "lstm_layers": 1}, 10**9),
+        ({"pooling": "attention", "cnn_strides": (2, 1), "activation": "gelu"}, 0),
+    ],
+)
+def test_ensembles_stream_in_one_batched_step(monkeypatch, overrides, max_dense):
+    monkeypatch.setattr(streaming, "MAX_DENSE_FIRST_LAYER", max_dense)
+    model = tiny_model(seed=3, members=3, **overrides)
+    (fused,) = Streamer(model)._streams  # the features once, the members batched, one call
+    assert isinstance(fused, streaming._EnsembleStream)
+    assert isinstance(fused._step, torch.jit.ScriptModule)
+    # uncompiled, one chunk of 10 frames: each member's own FrameStep, averaged
+    wave = recording(0.3, seed=5)
+    span = wave[: 9 * model.features.hop_length + model.features.n_fft]
+    with torch.no_grad():
+        for frames in (span, span[: model.features.n_fft]):  # whole-chunk and frame-by-frame
+            features, mean, *state = streaming.EnsembleStep(model.members())(frames, *fused._state)
+            alone = [
+                streaming.FrameStep(m)(frames, *(s[i] for s in fused._state))
+                for i, m in enumerate(model.members())
+            ]
+            assert torch.allclose(features, alone[0][0])
+            assert torch.allclose(mean, torch.stack([out[1] for out in alone]).mean(0), atol=1e-6)
+            for i, out in enumerate(alone):  # each member's new state is its own step's
+                for batched, own in zip(state, out[2:], strict=True):
+                    assert torch.allclose(batched[i], own, atol=1e-6)
+    # short and long chunks alike equal the offline ensemble
+    _, posts, _ = run_chunked(model, wave, random_chunks(len(wave), np.random.default_rng(2), 1500))
+    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
+
+
+def test_int8_or_unlike_ensemble_members_stream_one_by_one():
     from speechcnn.export import quantize_int8
 
     model = tiny_model(seed=3, members=3, pooling="mean")
-    (fused,) = Streamer(model)._streams  # the features once, every member in one call
-    assert isinstance(fused, streaming._EnsembleStream)
-    assert isinstance(fused._step, torch.jit.ScriptModule)
-    # the fused step in eager mode is the mean of the members' own steps
-    wave = recording(0.3, seed=5)
-    span = wave[: 9 * model.features.hop_length + model.features.n_fft]
-    state = fused._state
-    with torch.no_grad():
-        features, mean, *_ = streaming.EnsembleStep(model.members())(span, *state)
-        alone = [
-            streaming.FrameStep(m)(span, *(s[i] for s in state))
-            for i, m in enumerate(model.members())
-        ]
-    assert features.shape == (10, model.features.out_features)
-    assert torch.allclose(features, alone[0][0])
-    assert torch.allclose(mean, torch.stack([out[1] for out in alone]).mean(0), atol=1e-6)
-
     quantized = quantize_int8(model)
     streamer = Streamer(quantized)
-    assert len(streamer._streams) == 3  # int8 members stream one by one, posteriors averaged
+    assert len(streamer._streams) == 3  # int8 members: a stream each, posteriors averaged
     wave = recording(0.5, seed=8)
     posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
     assert (posts - offline_posteriors(quantized, wave[None])[0]).abs().max() < 0.05
+
+    other = tiny_model(seed=4, pooling="mean", lstm_hidden=12)  # a member of another shape
+    model.heads[2], model.frontends[2] = other.head, other.frontend
+    assert not streaming.EnsembleStep.batchable(model.members())
+    streamer = Streamer(model)
+    assert len(streamer._streams) == 3
+    _, posts, _ = run_chunked(model, wave, random_chunks(len(wave), np.random.default_rng(3), 900))
+    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
