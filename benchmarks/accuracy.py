@@ -53,13 +53,15 @@ RECIPES = ROOT / "recipes"
 # session the recipe and its presets test the weights after the last epoch. `default7` is the
 # default of the sixth and seventh sessions (SIXTH_DEFAULT's runs under the recipe's rule),
 # followed by the changes to it tried in the seventh and eighth sessions; the eighth took one of
-# them, a 40 ms window (study/win40), so `default` is now that row's runs. The last row changes
-# the default (random equalisation, tried in the eighth and ninth sessions; not taken).
+# them, a 40 ms window (study/win40): `default10` is that default (the eighth to tenth
+# sessions'). `eq6+win40` changes it (random equalisation, tried in the eighth and ninth
+# sessions; not taken). The last row is the recipe: since the eleventh session, four small
+# models in one (study/ens4, tried in the tenth), so `default` is now that layer's runs.
 FAST = "study/base+study/hop20"
 PREVIOUS_DEFAULT = f"{FAST}+study/cnn3+study/ema+study/long"
 SIXTH_DEFAULT = f"{PREVIOUS_DEFAULT}+study/lstm1x176+study/gain+study/vtlp"
 # recipes/speech_commands.yaml holds exactly these settings (tests/test_recipes.py).
-DEFAULT_FROM = f"{SIXTH_DEFAULT}+study/win40"
+DEFAULT_FROM = f"{SIXTH_DEFAULT}+study/win40+study/ens4"
 STUDY = [
     "study/base",
     FAST,
@@ -84,9 +86,9 @@ STUDY = [
     "study/masks8",
     "study/lstm1x208",
     "study/eq6",
-    "default",
+    "study/default10",
     "study/eq6+study/win40",
-    "study/ens4",
+    "default",
 ]
 
 

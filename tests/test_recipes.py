@@ -28,7 +28,7 @@ def test_cli_parses_recipe_yaml(capsys):
         main(["fit", "--config", str(REPO / "recipes/speech_commands.yaml"), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert "SpeechCommandsDataModule" in printed and "lstm_hidden: 176" in printed
+    assert "SpeechCommandsDataModule" in printed and "members: 4" in printed
     assert "freq_warp: 0.1" in printed and "gain_db: 12.0" in printed
     assert "class_names" not in printed.split("model:")[1].split("data:")[0]  # linked, not set
 
@@ -47,7 +47,7 @@ def test_streaming_preset_layers_on_recipe(capsys):
             ]
         )
     printed = capsys.readouterr().out
-    assert "pooling: last" in printed and "lstm_hidden: 176" in printed
+    assert "pooling: last" in printed and "lstm_hidden: 176" in printed and "members: 1" in printed
 
 
 @pytest.fixture(scope="module")
