@@ -609,6 +609,7 @@ def markdown_table(rows: list[dict]) -> str:
             SIXTH_DEFAULT: " (default of sessions 6-7)",
             PREVIOUS_DEFAULT: " (default until session 5)",
             "study/default7": " (sessions 6-7)",
+            "study/default10": " (sessions 8-10)",
             "default": " (recipe)",
         }
         name = r["name"] + marks.get(r["config"], "")
