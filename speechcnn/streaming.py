@@ -461,16 +461,7 @@ class FrameStep(nn.Module):
             (T, F) features, (T, K) posteriors, and the (L, H) h and c and the pooling state
             after the last frame.
         """
-        features = self.path.featurize(span)  # (T, F)
-        posteriors, h, c, log_total, pooled = self.classify(features, h, c, log_total, pooled)
-        return features, posteriors, h, c, log_total, pooled
-
-    def classify(
-        self, features: Tensor, h: Tensor, c: Tensor, log_total: Tensor, pooled: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """`forward` after the features: (T, F) features and the stream state -> (T, K)
-        posteriors and the new state."""
-        x = self.path.embed(features)  # (T, D)
+        features, x = self.path(span)  # (T, F), (T, D)
         if x.shape[0] > self.max_step_frames:
             # (T, D) -> (1, T, D), one batch-first sequence; state (L, H) -> (L, 1, H)
             out = torch.lstm(
@@ -502,7 +493,7 @@ class FrameStep(nn.Module):
                     rows.append(pooled)
                 # T x (K,) -> (T, K)
                 logits = rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows, 0)
-        return logits.softmax(-1), h, c, log_total, pooled
+        return features, logits.softmax(-1), h, c, log_total, pooled
 
     def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The stacked LSTM frame by frame: (T, D), (L, H), (L, H) -> (T, H), (L, H), (L, H)."""
