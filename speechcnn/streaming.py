@@ -536,8 +536,13 @@ class EnsembleStep(nn.Module):
 
     def __init__(self, members: list[SpeechClassifier], max_step_frames: int = 4) -> None:
         super().__init__()
-        if not self.batchable(members):
-            raise ValueError("EnsembleStep needs float members of one architecture (batchable)")
+        for i, member in enumerate(members):
+            if not self.batchable([members[0], member]):
+                raise ValueError(
+                    f"member {i} cannot be batched with member 0: EnsembleStep needs float "
+                    "members (FrameStep.usable) with the same parameter shapes, front-end "
+                    "layers and pooling"
+                )
         steps = [FrameStep(member, max_step_frames) for member in members]
         first, paths = steps[0], [step.path for step in steps]
 

@@ -317,6 +317,8 @@ def test_int8_or_unlike_ensemble_members_stream_one_by_one():
     other = tiny_model(seed=4, pooling="mean", lstm_hidden=12)  # a member of another shape
     model.heads[2], model.frontends[2] = other.head, other.frontend
     assert not streaming.EnsembleStep.batchable(model.members())
+    with pytest.raises(ValueError, match="member 2 cannot be batched"):
+        streaming.EnsembleStep(model.members())
     streamer = Streamer(model)
     assert len(streamer._streams) == 3
     _, posts, _ = run_chunked(model, wave, random_chunks(len(wave), np.random.default_rng(3), 900))
