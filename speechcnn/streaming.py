@@ -169,7 +169,7 @@ class FrameBatchPath(nn.Module):
         ValueError: the front end holds a module this path does not know.
     """
 
-    conv_weight: list[Tensor]  # (C_in * k, C_out) each, once built
+    conv_weight: list[Tensor]  # (C_in * k, C_out) each once built, (M, ...) once stacked
     conv_bias: list[Tensor]
     conv_kernel: list[int]
     conv_stride: list[int]
@@ -198,6 +198,7 @@ class FrameBatchPath(nn.Module):
         self.conv_stride, self.conv_padding = [], []
         self.pool_size, self.pool_stride, self.program = [], [], []
         self.activation = ""
+        self.members = 1  # > 1 after `stack_members`
         for i, block in enumerate(model.frontend.layers):
             for module in block:
                 self._add(f"{i}", module)
@@ -219,6 +220,20 @@ class FrameBatchPath(nn.Module):
             self.first_matrix = linear.flatten(1)  # (F, F', C') -> (F, F' * C')
             offset = self._conv(self.norm_shift[None, :, None], 0)  # (1, F', C')
             self.first_bias = offset.flatten()  # (1, F', C') -> (F' * C',)
+
+    def stack_members(self, paths: list["FrameBatchPath"]) -> None:
+        """Make this path run the front ends of several members of one architecture on the
+        same features (an ensemble's): their weights stacked, (M, ...), so that each product
+        runs for every member at once (`torch.baddbmm`) and `embed` gives (M, T, D). The
+        features and the input norm stay this path's, which the members share."""
+        convs = range(len(self.conv_weight))
+        # M x (C_in * k, C_out) -> (M, C_in * k, C_out); biases (C_out,) -> (M, 1, C_out), as
+        # baddbmm adds them to each row
+        self.conv_weight = [torch.stack([p.conv_weight[i] for p in paths]) for i in convs]
+        self.conv_bias = [torch.stack([p.conv_bias[i] for p in paths])[:, None] for i in convs]
+        self.first_matrix = torch.stack([p.first_matrix for p in paths])  # (M, F, F' * C')
+        self.first_bias = torch.stack([p.first_bias for p in paths])[:, None]  # (M, 1, F' * C')
+        self.members = len(paths)
 
     def _add(self, name: str, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d) and module.kernel_size[1] == 1:
@@ -281,38 +296,58 @@ class FrameBatchPath(nn.Module):
         return features
 
     def embed(self, features: Tensor) -> Tensor:
-        """(T, F) features -> (T, D) frame embeddings: the input norm and the front end."""
+        """(T, F) features -> (T, D) frame embeddings: the input norm and the front end; (M, T, D),
+        each member's, after `stack_members`."""
         if self.first_dense:
             # the input norm and the first convolution in one product (see __init__)
-            x = torch.addmm(self.first_bias, features, self.first_matrix)  # (T, F' * C')
-            x = x.view(x.shape[0], -1, self.conv_bias[0].shape[0])  # (T, F'*C') -> (T, F', C')
+            n_channels = self.conv_bias[0].shape[-1]
+            if self.members == 1:
+                x = torch.addmm(self.first_bias, features, self.first_matrix)  # (T, F' * C')
+                x = x.view(x.shape[0], -1, n_channels)  # (T, F'*C') -> (T, F', C')
+            else:
+                batch = features.expand(self.members, -1, -1)  # (T, F) -> (M, T, F), a view
+                x = torch.baddbmm(self.first_bias, batch, self.first_matrix)  # (M, T, F' * C')
+                x = x.view(self.members, x.shape[1], -1, n_channels)  # -> (M, T, F', C')
             program = self.program[1:]
         else:
-            x = torch.addcmul(self.norm_shift, features, self.norm_scale).unsqueeze(2)  # (T, F, 1)
+            x = torch.addcmul(self.norm_shift, features, self.norm_scale).unsqueeze(-1)  # (T, F, 1)
+            if self.members > 1:
+                x = x.expand(self.members, -1, -1, -1)  # (T, F, 1) -> (M, T, F, 1), a view
             program = self.program
         for op, i in program:
             if op == "conv":
                 x = self._conv(x, i)
             elif op == "pool":
-                # (T, F', C) -> windows (T, F'', C, p) -> (T, F'', C)
-                x = x.unfold(1, self.pool_size[i], self.pool_stride[i]).amax(-1)
+                # ([M,] T, F', C) -> windows ([M,] T, F'', C, p) -> ([M,] T, F'', C)
+                x = x.unfold(-2, self.pool_size[i], self.pool_stride[i]).amax(-1)
             else:
                 x = _activate(x, self.activation)
-        # (T, F', C') -> (T, C', F') -> (T, C'*F'): the front end's (C', F') flattening order
-        return x.transpose(1, 2).flatten(1)
+        # ([M,] T, F', C') -> ([M,] T, C', F') -> ([M,] T, C'*F'): the front end's (C', F') order
+        return x.transpose(-2, -1).flatten(-2)
 
     def _conv(self, x: Tensor, i: int) -> Tensor:
-        """Convolution `i` of the front end over frequency: (T, F, C) -> (T, F', C')."""
+        """Convolution `i` of the front end over frequency: (T, F, C) -> (T, F', C'), or every
+        member's, (M, T, F, C) -> (M, T, F', C'), after `stack_members`."""
         pad = self.conv_padding[i]
-        # (T, F, C) -> (T, F + 2 pad, C) -> windows (T, F', C, k) -> (T * F', C * k)
+        if self.members == 1:
+            # (T, F, C) -> (T, F + 2 pad, C) -> windows (T, F', C, k) -> (T * F', C * k)
+            if pad > 0:
+                zeros = x.new_zeros(x.shape[0], pad, x.shape[2])  # (T, pad, C)
+                x = torch.cat([zeros, x, zeros], 1)  # cheaper than F.pad here
+            windows = x.unfold(1, self.conv_kernel[i], self.conv_stride[i])
+            n_frames, n_freq = windows.shape[0], windows.shape[1]
+            windows = windows.reshape(n_frames * n_freq, -1)
+            x = torch.addmm(self.conv_bias[i], windows, self.conv_weight[i])
+            return x.view(n_frames, n_freq, -1)  # (T * F', C') -> (T, F', C')
+        # the same with the members first: (M, T, F, C) -> windows (M, T * F', C * k)
         if pad > 0:
-            zeros = x.new_zeros(x.shape[0], pad, x.shape[2])  # (T, pad, C)
-            x = torch.cat([zeros, x, zeros], 1)  # (T, F + 2 pad, C); cheaper than F.pad here
-        windows = x.unfold(1, self.conv_kernel[i], self.conv_stride[i])
-        n_frames, n_freq = windows.shape[0], windows.shape[1]
-        windows = windows.reshape(n_frames * n_freq, -1)
-        x = torch.addmm(self.conv_bias[i], windows, self.conv_weight[i])
-        return x.view(n_frames, n_freq, -1)  # (T * F', C') -> (T, F', C')
+            zeros = x.new_zeros(x.shape[0], x.shape[1], pad, x.shape[3])  # (M, T, pad, C)
+            x = torch.cat([zeros, x, zeros], 2)
+        windows = x.unfold(2, self.conv_kernel[i], self.conv_stride[i])
+        n_frames, n_freq = windows.shape[1], windows.shape[2]
+        windows = windows.reshape(self.members, n_frames * n_freq, -1)
+        x = torch.baddbmm(self.conv_bias[i], windows, self.conv_weight[i])  # (M, T * F', C')
+        return x.view(self.members, n_frames, n_freq, -1)  # -> (M, T, F', C')
 
 
 def compiled(module: nn.Module, *example: Tensor) -> nn.Module:
@@ -528,8 +563,6 @@ class EnsembleStep(nn.Module):
         max_step_frames: as `FrameStep`'s.
     """
 
-    conv_weight: list[Tensor]  # (M, C_in * k, C_out) each
-    conv_bias: list[Tensor]  # (M, 1, C_out) each
     w_stacked: list[Tensor]  # (M, D_l + H, 4H) per layer
     bias: list[Tensor]  # (M, 1, 4H) per layer
     lstm_weights: list[list[Tensor]]  # each member's nn.LSTM weights
@@ -551,13 +584,10 @@ class EnsembleStep(nn.Module):
             out = torch.stack(tensors)
             return out.unsqueeze(1) if keep_row else out
 
-        # the features and the front end's settings: every member's are the same
+        # the features (shared) and every member's front end, batched
         self.path = first.path
-        convs, layers = range(len(first.path.conv_weight)), range(first.num_layers)
-        self.conv_weight = [stacked([p.conv_weight[i] for p in paths]) for i in convs]
-        self.conv_bias = [stacked([p.conv_bias[i] for p in paths], True) for i in convs]
-        self.register_buffer("first_matrix", stacked([p.first_matrix for p in paths]))
-        self.register_buffer("first_bias", stacked([p.first_bias for p in paths], True))
+        self.path.stack_members(paths)
+        layers = range(first.num_layers)
         self.w_stacked = [stacked([step.w_stacked[k] for step in steps]) for k in layers]
         self.bias = [stacked([step.bias[k] for step in steps], True) for k in layers]
         self.lstm_weights = [step.lstm_weights for step in steps]
@@ -598,7 +628,7 @@ class EnsembleStep(nn.Module):
             h and c and (M, 1), (M, K) pooling state after the last frame.
         """
         features = self.path.featurize(span)  # (T, F), the same for every member
-        x = self._embed(features)  # (M, T, D)
+        x = self.path.embed(features)  # (M, T, D)
         n_frames = x.shape[1]
         if n_frames > self.max_step_frames:
             outputs: list[Tensor] = []
@@ -656,47 +686,6 @@ class EnsembleStep(nn.Module):
                 logits = rows[0].unsqueeze(1) if len(rows) == 1 else torch.stack(rows, 1)
         posteriors = logits.softmax(-1).mean(0)  # (M, T, K) -> (T, K)
         return features, posteriors, h, c, log_total, pooled
-
-    def _embed(self, features: Tensor) -> Tensor:
-        """Every member's input norm and front end: (T, F) features -> (M, T, D)."""
-        path = self.path
-        n_members = self.conv_bias[0].shape[0]
-        if path.first_dense:
-            # the input norm and the first convolution in one product (see FrameBatchPath)
-            x = torch.baddbmm(
-                self.first_bias, features.expand(n_members, -1, -1), self.first_matrix
-            )  # (M, T, F' * C')
-            # (M, T, F' * C') -> (M, T, F', C')
-            x = x.view(n_members, x.shape[1], -1, self.conv_bias[0].shape[2])
-            program = path.program[1:]
-        else:
-            x = torch.addcmul(path.norm_shift, features, path.norm_scale)  # (T, F), shared
-            x = x.expand(n_members, -1, -1).unsqueeze(3)  # (T, F) -> (M, T, F, 1)
-            program = path.program
-        for op, i in program:
-            if op == "conv":
-                x = self._conv(x, i)
-            elif op == "pool":
-                # (M, T, F', C) -> windows (M, T, F'', C, p) -> (M, T, F'', C)
-                x = x.unfold(2, path.pool_size[i], path.pool_stride[i]).amax(-1)
-            else:
-                x = _activate(x, path.activation)
-        # (M, T, F', C') -> (M, T, C', F') -> (M, T, C'*F'): the front end's flattening order
-        return x.transpose(2, 3).flatten(2)
-
-    def _conv(self, x: Tensor, i: int) -> Tensor:
-        """Convolution `i` of every member's front end: (M, T, F, C) -> (M, T, F', C')."""
-        path = self.path
-        pad = path.conv_padding[i]
-        if pad > 0:
-            zeros = x.new_zeros(x.shape[0], x.shape[1], pad, x.shape[3])  # (M, T, pad, C)
-            x = torch.cat([zeros, x, zeros], 2)  # (M, T, F + 2 pad, C)
-        windows = x.unfold(2, path.conv_kernel[i], path.conv_stride[i])  # (M, T, F', C, k)
-        n_members, n_frames, n_freq = windows.shape[0], windows.shape[1], windows.shape[2]
-        # (M, T, F', C, k) -> (M, T * F', C * k), rows as FrameBatchPath._conv lays them out
-        windows = windows.reshape(n_members, n_frames * n_freq, -1)
-        x = torch.baddbmm(self.conv_bias[i], windows, self.conv_weight[i])  # (M, T * F', C')
-        return x.view(n_members, n_frames, n_freq, -1)  # (M, T * F', C') -> (M, T, F', C')
 
     def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Every member's LSTM frame by frame: (M, T, D), (M, L, H) -> (M, T, H), (M, L, H)."""
