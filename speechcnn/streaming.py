@@ -498,19 +498,7 @@ class FrameStep(nn.Module):
         """
         features, x = self.path(span)  # (T, F), (T, D)
         if x.shape[0] > self.max_step_frames:
-            # (T, D) -> (1, T, D), one batch-first sequence; state (L, H) -> (L, 1, H)
-            out = torch.lstm(
-                x.unsqueeze(0),
-                [h.unsqueeze(1), c.unsqueeze(1)],
-                self.lstm_weights,
-                self.lstm_bias,
-                self.num_layers,
-                0.0,
-                False,
-                False,
-                True,
-            )
-            x, h, c = out[0][0], out[1][:, 0], out[2][:, 0]  # (T, H), (L, H), (L, H)
+            x, h, c = _lstm_sequence(x, h, c, self.lstm_weights, self.lstm_bias, self.num_layers)
         else:
             x, h, c = self._steps(x, h, c)
         if self.pooling == "last":
@@ -635,21 +623,12 @@ class EnsembleStep(nn.Module):
             hs: list[Tensor] = []
             cs: list[Tensor] = []
             for i, weights in enumerate(self.lstm_weights):
-                # member i: (T, D) -> (1, T, D), one batch-first sequence; (L, H) -> (L, 1, H)
-                out = torch.lstm(
-                    x[i : i + 1],
-                    [h[i].unsqueeze(1), c[i].unsqueeze(1)],
-                    weights,
-                    self.lstm_bias,
-                    self.num_layers,
-                    0.0,
-                    False,
-                    False,
-                    True,
+                out, h_i, c_i = _lstm_sequence(
+                    x[i], h[i], c[i], weights, self.lstm_bias, self.num_layers
                 )
-                outputs.append(out[0][0])
-                hs.append(out[1][:, 0])
-                cs.append(out[2][:, 0])
+                outputs.append(out)
+                hs.append(h_i)
+                cs.append(c_i)
             # M x (T, H) -> (M, T, H); M x (L, H) -> (M, L, H)
             x, h, c = torch.stack(outputs), torch.stack(hs), torch.stack(cs)
         else:
@@ -714,6 +693,26 @@ def _activate(x: Tensor, kind: str) -> Tensor:
     if kind == "silu":
         return F.silu(x)
     return F.elu(x)
+
+
+def _lstm_sequence(
+    x: Tensor, h: Tensor, c: Tensor, weights: list[Tensor], has_bias: bool, num_layers: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A chunk through nn.LSTM's fused kernel: (T, D) inputs and (L, H) state -> (T, H)
+    outputs and the (L, H) state after them."""
+    # (T, D) -> (1, T, D), one batch-first sequence; state (L, H) -> (L, 1, H)
+    out = torch.lstm(
+        x.unsqueeze(0),
+        [h.unsqueeze(1), c.unsqueeze(1)],
+        weights,
+        has_bias,
+        num_layers,
+        0.0,
+        False,
+        False,
+        True,
+    )
+    return out[0][0], out[1][:, 0], out[2][:, 0]  # (T, H), (L, H), (L, H)
 
 
 def _lstm_cell(gates: Tensor, c: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
