@@ -5,7 +5,8 @@
 - streaming: a --stream-s recording pushed through `speechcnn.streaming.Streamer` in chunks of
   each of --chunk-ms (10 ms; 20 ms, one frame per call at a 20 ms hop; 100 ms; 1 s): cost per
   10 ms of audio and real-time factor (processing time / audio duration; below 1 keeps up
-  with live audio).
+  with live audio). `float` streams with the fused step (`speechcnn.fused_step`),
+  `float_modules` through the model's own modules (`SpeechClassifier.infer`), `int8` too.
 
 The machine's 1-minute load average is part of the line: on a shared CPU, other processes'
 load inflates every wall-clock figure; the streaming `cpu_rtf` (CPU seconds of this process per
@@ -35,7 +36,7 @@ import torch
 from speechcnn.classify import load_classifier
 from speechcnn.data.audio import read_audio
 from speechcnn.export import quantize_int8
-from speechcnn.model import Classifier
+from speechcnn.model import SpeechClassifier
 from speechcnn.streaming import Streamer
 
 
@@ -55,7 +56,7 @@ def benchmark_audio(root: Path, seconds: float, sample_rate: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def latency_ms(model: Classifier, clip: torch.Tensor, repeats: int) -> float:
+def latency_ms(model: SpeechClassifier, clip: torch.Tensor, repeats: int) -> float:
     """Median milliseconds of one (1, S) clip through the model."""
     for _ in range(10):
         model(clip)
@@ -68,7 +69,7 @@ def latency_ms(model: Classifier, clip: torch.Tensor, repeats: int) -> float:
 
 
 @torch.inference_mode()
-def throughput(model: Classifier, batch: torch.Tensor, repeats: int) -> float:
+def throughput(model: SpeechClassifier, batch: torch.Tensor, repeats: int) -> float:
     """Clips per second for (B, S) batches (best of `repeats`, after a warm-up)."""
     model(batch)
     best = min(_timed(lambda: model(batch)) for _ in range(repeats))
@@ -82,9 +83,11 @@ def _timed(function: object) -> float:
 
 
 @torch.inference_mode()
-def streaming_cost(model: Classifier, audio: np.ndarray, chunk_ms: float) -> dict:
+def streaming_cost(
+    model: SpeechClassifier, audio: np.ndarray, chunk_ms: float, fused: bool = True
+) -> dict:
     """Streaming `audio` in chunks of `chunk_ms`: microseconds per 10 ms of audio, and RTF."""
-    streamer = Streamer(model)
+    streamer = Streamer(model, fused=fused)
     chunk = max(1, round(streamer.sample_rate * chunk_ms / 1000))
     samples = torch.from_numpy(audio)
     chunks = [samples[i : i + chunk] for i in range(0, len(samples), chunk)]
@@ -137,11 +140,17 @@ def main() -> None:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "stream_s": args.stream_s,
     }
-    for name, model in [("float", loaded.model), ("int8", quantize_int8(loaded.model))]:
-        line[f"{name}_latency_ms"] = round(latency_ms(model, clip, args.repeats), 3)
-        line[f"{name}_throughput_clips_s"] = round(throughput(model, batch, 5), 1)
+    kinds = [
+        ("float", loaded.model, True),
+        ("float_modules", loaded.model, False),
+        ("int8", quantize_int8(loaded.model), True),
+    ]
+    for name, model, fused in kinds:
+        if fused:  # one model, one latency: the modules path differs in streaming only
+            line[f"{name}_latency_ms"] = round(latency_ms(model, clip, args.repeats), 3)
+            line[f"{name}_throughput_clips_s"] = round(throughput(model, batch, 5), 1)
         for chunk_ms in chunk_sizes:
-            cost = streaming_cost(model, stream, chunk_ms)
+            cost = streaming_cost(model, stream, chunk_ms, fused)
             line[f"{name}_stream_{chunk_ms:g}ms_us_per_10ms"] = cost["us_per_10ms"]
             line[f"{name}_stream_{chunk_ms:g}ms_rtf"] = cost["rtf"]
             line[f"{name}_stream_{chunk_ms:g}ms_cpu_rtf"] = cost["cpu_rtf"]

@@ -21,9 +21,6 @@ In window mode a window's keyword posteriors count only when its sound is centre
 posterior track, and each has its own threshold chosen on validation (`test_best_within_budget`
 is the best testing row within the false-alarm budget, for the record, not a choice).
 
-Several checkpoints (of the same features and classes, e.g. one configuration's seeds) are
-scored as one model whose posteriors are their average: what an ensemble would buy.
-
 Prints one JSON line per setting. `test_clip_posteriors` is the reference the spotter works
 from: the share of the testing stream's keyword clips whose whole-clip posterior for their own
 word (the model on the clip alone, as in training) reaches 0.5, 0.9 and 0.95.
@@ -149,9 +146,7 @@ def main() -> None:
     from speechcnn.classify import classify_waveforms, load_classifier
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "model", nargs="+", help="checkpoint (.ckpt); several: their posteriors averaged"
-    )
+    parser.add_argument("model", help="checkpoint (.ckpt)")
     parser.add_argument("--data-root", default="../shared/data/speech_commands_dev")
     parser.add_argument("--out-dir", default="runs/spotting")
     parser.add_argument("--mode", default="window", choices=["window", "stream"])
@@ -175,14 +170,7 @@ def main() -> None:
     root, out_dir = Path(args.data_root), Path(args.out_dir)
     if not (root / NOISE_DIR).is_dir():
         raise SystemExit(f"{root} is not a Speech Commands folder with {NOISE_DIR}/")
-    models = [load_classifier(path) for path in args.model]
-    loaded = models[0]
-    for path, other in zip(args.model[1:], models[1:], strict=True):
-        if (other.class_names, other.sample_rate) != (loaded.class_names, loaded.sample_rate):
-            raise SystemExit(
-                f"{path}: classes or sample rate differ from {args.model[0]}'s; "
-                "only checkpoints of the same task can be averaged"
-            )
+    loaded = load_classifier(args.model)
     splits = {}
     for split, list_name in [("val", "validation_list.txt"), ("test", "testing_list.txt")]:
         sr = loaded.sample_rate
@@ -192,12 +180,7 @@ def main() -> None:
             g["centre"] = g["start"] + word_centre(clip, sr)
         start = time.perf_counter()
         config = SpotConfig(mode=args.mode, hop_s=args.hop_s, centre_s=None)
-        tracks = [posterior_track(m.model, stream, config) for m in models]
-        track = tracks[0]
-        if len(tracks) > 1:
-            if any(not np.array_equal(t.ends, track.ends) for t in tracks[1:]):
-                raise SystemExit("the checkpoints' posterior tracks have different time steps")
-            track.posteriors = np.mean([t.posteriors for t in tracks], axis=0)  # (N, K)
+        track = posterior_track(loaded.model, stream, config)
         elapsed = time.perf_counter() - start
         offsets = (
             energy_offsets(stream, sr, track.ends, track.spans) if args.mode == "window" else None
@@ -208,7 +191,7 @@ def main() -> None:
             if g["word"] in KEYWORDS and g["word"] in loaded.class_names
         ]
         waveforms = [clip for clip, _ in kept]
-        probs = sum(classify_waveforms(m.model, waveforms) for m in models) / len(models)
+        probs = classify_waveforms(loaded.model, waveforms)
         probs = probs[range(len(kept)), [label for _, label in kept]].numpy()
         splits[split] = {
             "track": track,
@@ -247,7 +230,7 @@ def summary(results: dict, centre: float | None, args: object) -> tuple[dict, fl
     test_row = next(r for r in results["test"]["rows"] if r["threshold"] == chosen)
     val_row = next(r for r in results["val"]["rows"] if r["threshold"] == chosen)
     line = {
-        "model": args.model[0] if len(args.model) == 1 else args.model,
+        "model": args.model,
         "mode": args.mode,
         "smooth_s": args.smooth_s,
         "refractory_s": args.refractory_s,
@@ -312,7 +295,7 @@ def plot(results: dict, chosen: float, centre: float | None, args: object, path:
     right.set_ylabel("detection rate")
     centred = f", centre {centre:g} s" if centre else ""
     right.set_title(f"{args.mode} mode{centred}; threshold {chosen} chosen on val", fontsize=9)
-    name = Path(args.model[0]).name + (f" + {len(args.model) - 1} more" if args.model[1:] else "")
+    name = Path(args.model).name
     fig.suptitle(f"keyword spotting on real-clip streams: {name}", fontsize=10)
     right.legend(fontsize=8)
     fig.tight_layout()

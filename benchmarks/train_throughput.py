@@ -46,7 +46,7 @@ from speechcnn import frontend  # noqa: E402
 from speechcnn.data.clips import BatchAugment, to_float  # noqa: E402
 from speechcnn.data.speech_commands import KEYWORDS, SpeechCommandsDataModule  # noqa: E402
 from speechcnn.features import LogMelFeatures  # noqa: E402
-from speechcnn.model import ClassifierConfig, build_classifier, members_cross_entropy  # noqa: E402
+from speechcnn.model import ClassifierConfig, build_classifier  # noqa: E402
 from speechcnn.recipe import stacked_config  # noqa: E402
 from speechcnn.training import SpeechClassifierModule  # noqa: E402
 
@@ -146,7 +146,7 @@ def time_layouts(
 ) -> dict[str, dict]:
     """Forward and backward time of FrequencyCNN per layout; difference to "nchw" in fp32."""
     model = build_classifier(net, 12).to(device).train()
-    cnn = model.members()[0].frontend  # an ensemble's members are alike
+    cnn = model.frontend
     frames = model.features.num_frames(SAMPLE_RATE)
     x = torch.randn(batch, net.n_mels, frames, device=device)
     results, reference = {}, None
@@ -396,10 +396,10 @@ def run_bare(
         index = order[start : start + batch]
         x = augment(to_float(waveforms[index]), lengths[index])
         with autocast(device, precision):
-            # (M, B, K): an ensemble's members each on their own loss, as in (a)
-            member_logits = model.member_logits(x, lengths[index])
-            loss = members_cross_entropy(
-                member_logits, labels[index], model_args.get("label_smoothing", 0.0)
+            loss = F.cross_entropy(
+                model(x, lengths[index]),
+                labels[index],
+                label_smoothing=model_args.get("label_smoothing", 0.0),
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -4,7 +4,6 @@ from speechcnn.features import LogMelFeatures
 from speechcnn.frontend import FrequencyCNN
 from speechcnn.model import (
     ClassifierConfig,
-    EnsembleClassifier,
     LSTMHead,
     SpeechClassifier,
     build_classifier,
@@ -12,7 +11,6 @@ from speechcnn.model import (
 
 __all__ = [
     "ClassifierConfig",
-    "EnsembleClassifier",
     "FrequencyCNN",
     "LSTMHead",
     "LogMelFeatures",

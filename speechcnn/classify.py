@@ -21,14 +21,14 @@ from torch import Tensor
 
 from speechcnn.data.audio import AudioError, read_audio
 from speechcnn.data.clips import to_float
-from speechcnn.model import Classifier
+from speechcnn.model import SpeechClassifier
 
 
 @dataclass
 class LoadedModel:
     """A classifier ready for inference, with what its checkpoint says about its input."""
 
-    model: Classifier
+    model: SpeechClassifier
     class_names: list[str]
     sample_rate: int
 
@@ -83,7 +83,7 @@ def batched_logits(
 
 
 @torch.no_grad()
-def classify_waveforms(model: Classifier, waveforms: list[np.ndarray]) -> Tensor:
+def classify_waveforms(model: SpeechClassifier, waveforms: list[np.ndarray]) -> Tensor:
     """Class probabilities of mono clips of any lengths at the model's sample rate.
 
     Clips are zero-padded to a common length (at least one analysis window) and classified on

@@ -33,13 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from speechcnn.features import LogMelFeatures
-from speechcnn.model import Classifier
+from speechcnn.model import SpeechClassifier
 
 
 class FeaturesToLogits(nn.Module):
     """The classifier after the features: (B, F, T) log-mel -> (B, K) logits."""
 
-    def __init__(self, model: Classifier) -> None:
+    def __init__(self, model: SpeechClassifier) -> None:
         super().__init__()
         self.model = model
 
@@ -101,7 +101,7 @@ class DFTLogMel(nn.Module):
 class WaveformToLogits(nn.Module):
     """(B, S) waveforms -> (B, K) logits with a given feature extractor (for export)."""
 
-    def __init__(self, features: nn.Module, model: Classifier) -> None:
+    def __init__(self, features: nn.Module, model: SpeechClassifier) -> None:
         super().__init__()
         self.features = features
         self.classifier = FeaturesToLogits(model)
@@ -111,11 +111,11 @@ class WaveformToLogits(nn.Module):
         return self.classifier(self.features(waveforms))
 
 
-def _eval_copy(model: Classifier) -> Classifier:
+def _eval_copy(model: SpeechClassifier) -> SpeechClassifier:
     return copy.deepcopy(model).eval()
 
 
-def export_torchscript(model: Classifier, path: str | Path) -> torch.jit.ScriptModule:
+def export_torchscript(model: SpeechClassifier, path: str | Path) -> torch.jit.ScriptModule:
     """Trace `model` (features inside: (B, S) -> (B, K) logits) and save it to `path`."""
     model = _eval_copy(model)
     example = torch.zeros(2, model.features.sample_rate)  # (B, S): 1 s; any B, S works later
@@ -126,7 +126,7 @@ def export_torchscript(model: Classifier, path: str | Path) -> torch.jit.ScriptM
     return traced
 
 
-def export_onnx(model: Classifier, path: str | Path, features_inside: bool) -> None:
+def export_onnx(model: SpeechClassifier, path: str | Path, features_inside: bool) -> None:
     """Save `model` as ONNX: (B, S) waveforms or, features outside, (B, F, T) log-mel -> logits.
 
     Uses the TorchScript-based exporter (opset 17), which needs no onnxscript.
@@ -155,7 +155,7 @@ def export_onnx(model: Classifier, path: str | Path, features_inside: bool) -> N
         )
 
 
-def quantize_int8(model: Classifier) -> Classifier:
+def quantize_int8(model: SpeechClassifier) -> SpeechClassifier:
     """A copy of `model` with nn.LSTM and nn.Linear dynamically quantized to int8 weights."""
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of torchao, which is not a dependency.
@@ -180,7 +180,7 @@ def onnx_session(path: str | Path) -> object:
 
 
 def check_exports(
-    model: Classifier, out_dir: str | Path, waveforms: list[np.ndarray]
+    model: SpeechClassifier, out_dir: str | Path, waveforms: list[np.ndarray]
 ) -> dict[str, float]:
     """Max abs logit difference of each exported float model from PyTorch on `waveforms`.
 
@@ -222,7 +222,7 @@ def accuracy(model: nn.Module, waveforms: Tensor, lengths: Tensor, labels: Tenso
     return int(correct.sum()) / len(labels)
 
 
-def int8_accuracy_change(model: Classifier, data_root: str | Path) -> dict[str, float]:
+def int8_accuracy_change(model: SpeechClassifier, data_root: str | Path) -> dict[str, float]:
     """Float and int8 accuracy on the Speech Commands testing split (12-class task)."""
     from speechcnn.data.speech_commands import SpeechCommandsDataModule
 
@@ -240,7 +240,7 @@ def int8_accuracy_change(model: Classifier, data_root: str | Path) -> dict[str, 
 
 
 def export_all(
-    model: Classifier,
+    model: SpeechClassifier,
     class_names: list[str],
     out_dir: str | Path,
     onnx: bool = True,

@@ -18,6 +18,39 @@ from speechcnn.frontend import FrequencyCNN
 
 POOLINGS = ("last", "mean", "attention")
 
+# A stream's carried state: LSTM (h, c), each (L, B, H); the pooling's log total weight (B, 1)
+# and pooled logits (B, K) (unused by "last" pooling).
+StreamState = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def pool_frame(
+    score: Tensor, values: Tensor, log_total: Tensor, pooled: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One frame's step of a running softmax-weighted mean.
+
+    With L = log sum_u exp(s_u) and P = sum_u exp(s_u - L) v_u over the frames so far, a new
+    frame (s, v) takes P to P + sigmoid(s - L) (v - P) and L to s + softplus(L - s). Nothing
+    overflows or underflows to a wrong result, however far apart the scores: a weight that
+    underflows is one that rounding would lose anyway.
+
+    Args:
+        score: (..., 1) the frame's score (0 for mean pooling).
+        values: (..., V) what it adds to the mean (its logits).
+        log_total: (..., 1) L before the frame; -inf at the start of a stream.
+        pooled: (..., V) P before the frame (zeros at the start).
+
+    Returns:
+        The (..., V) mean and the (..., 1) L after the frame.
+    """
+    gap = score - log_total
+    return torch.lerp(pooled, values, torch.sigmoid(gap)), score + F.softplus(-gap)
+
+
+def empty_pool_state(batch: int, num_values: int) -> tuple[Tensor, Tensor]:
+    """The pooling state before a stream's first frame: L = -inf (no weight yet), (B, 1), and
+    a (B, V) mean of zeros (see `pool_frame`)."""
+    return torch.full((batch, 1), float("-inf")), torch.zeros(batch, num_values)
+
 
 class LSTMHead(nn.Module):
     """LSTM over frame embeddings, pooled over time, then a linear classifier.
@@ -80,21 +113,21 @@ class LSTMHead(nn.Module):
         (see speechcnn.streaming): a unidirectional LSTM, with any of the three poolings."""
         return not self.bidirectional
 
-    def prefix_logits(self, outputs: Tensor) -> Tensor:
+    def prefix_logits(self, x: Tensor) -> Tensor:
         """Logits at every frame: row t is what `forward` gives for the clip of frames 0..t.
 
-        The streaming form of each pooling (the offline reference that `speechcnn.streaming`
-        must equal): "last" takes the LSTM output at t; "mean" and "attention" pool over the
-        prefix, attention with a softmax of the scores of frames 0..t. Needs a unidirectional
-        LSTM, whose output at frame u does not depend on frames after u. Memory grows as T^2
-        for "mean" and "attention": for clips, not hours.
+        The offline reference that `infer` must equal: "last" takes the LSTM output at t;
+        "mean" and "attention" pool over the prefix, attention with a softmax of the scores of
+        frames 0..t. Needs a unidirectional LSTM, whose output at frame u does not depend on
+        frames after u. Memory grows as T^2 for "mean" and "attention": for clips, not hours.
 
         Args:
-            outputs: (B, T, H) LSTM outputs.
+            x: (B, T, D) frame embeddings.
 
         Returns:
             (B, T, K) logits.
         """
+        outputs, _ = self.lstm(x)  # (B, T, H)
         if self.pooling == "last":
             pooled = outputs
         else:
@@ -109,6 +142,45 @@ class LSTMHead(nn.Module):
             prefix_scores = scores[:, None, :].masked_fill(future, float("-inf"))
             pooled = prefix_scores.softmax(dim=-1) @ outputs  # (B, T, T) @ (B, T, H)
         return self.classifier(self.dropout(pooled))
+
+    def initial_state(self, batch: int = 1) -> StreamState:
+        """The state before a stream's first frame: zero (h, c) and an empty pooling."""
+        lstm = self.lstm
+        zeros = torch.zeros(lstm.num_layers, batch, lstm.hidden_size)
+        log_total, pooled = empty_pool_state(batch, self.classifier.out_features)
+        return zeros, zeros.clone(), log_total, pooled
+
+    def infer(self, x: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
+        """The next frames of a stream: what `prefix_logits` gives at them, from a carried state.
+
+        The LSTM carries (h, c); "mean" and "attention" carry the pooled logits and the log of
+        the pooling weights' total (`pool_frame`): the classifier is linear and the weights sum
+        to 1, so the pooled vector's logits are the weighted mean of every frame's logits.
+
+        Args:
+            x: (B, T, D) embeddings of the frames after those `state` has seen.
+            state: (h, c) of shape (L, B, H) each, log total weight (B, 1) and pooled logits
+                (B, K), from `initial_state` or the previous call.
+
+        Returns:
+            (B, T, K) logits at each frame, and the state after the last frame.
+        """
+        if self.bidirectional:
+            raise ValueError("a bidirectional LSTM cannot stream: it reads the audio backwards")
+        h, c, log_total, pooled = state
+        outputs, (h, c) = self.lstm(x, (h, c))  # (B, T, H)
+        logits = self.classifier(outputs)  # (B, T, K)
+        if self.pooling != "last":
+            if self.attention is None:  # "mean": equal weights
+                scores = logits.new_zeros(logits.shape[:2] + (1,))  # (B, T, 1)
+            else:
+                scores = self.attention(outputs)  # (B, T, 1)
+            rows = []
+            for t in range(logits.shape[1]):
+                pooled, log_total = pool_frame(scores[:, t], logits[:, t], log_total, pooled)
+                rows.append(pooled)
+            logits = torch.stack(rows, 1)  # T x (B, K) -> (B, T, K)
+        return logits, (h, c, log_total, pooled)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Classify sequences of frame embeddings.
@@ -194,8 +266,33 @@ class SpeechClassifier(nn.Module):
         return None if lengths is None else self.features.num_frames(lengths)
 
     def embed(self, waveforms: Tensor) -> Tensor:
-        """Frame embeddings (B, S) -> (B, T, D), before the LSTM."""
+        """Frame embeddings (B, S) -> (B, T, D), before the LSTM; frame t depends on the
+        samples of frame t alone."""
         return self.frontend(self.input_norm(self.features(waveforms)))
+
+    def prefix_logits(self, waveforms: Tensor) -> Tensor:
+        """(B, S) waveforms -> (B, T, K) logits; row t is the logits of the clip of frames
+        0..t (`LSTMHead.prefix_logits`), the offline reference of `infer`."""
+        return self.head.prefix_logits(self.embed(waveforms))
+
+    def infer(self, span: Tensor, state: StreamState) -> tuple[Tensor, Tensor, StreamState]:
+        """The frames a span of a stream holds, classified from a carried state.
+
+        The features are not centred and the front end is frame-local, so a span of
+        S = (T - 1) * hop + n_fft samples gives the stream's next T frames exactly, with
+        nothing carried but the n_fft - hop samples the next span shares with this one.
+
+        Args:
+            span: (B, S) samples of the next T frames (see above), in eval mode.
+            state: the head's state after the previous frames (`LSTMHead.initial_state`).
+
+        Returns:
+            (B, F, T) features (before the input norm), (B, T, K) logits of the clip that ends
+            at each frame, and the state after the last frame.
+        """
+        features = self.features(span)
+        logits, state = self.head.infer(self.frontend(self.input_norm(features)), state)
+        return features, logits, state
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Classify a batch of waveforms.
@@ -213,160 +310,45 @@ class SpeechClassifier(nn.Module):
         """Everything after the features: (B, F, T) features, (B,) valid frames -> (B, K) logits."""
         return self.head(self.frontend(self.input_norm(features)), frames)
 
-    def member_logits(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """(B, S) waveforms -> (M, B, K) logits of each member: here M = 1 (see
-        `EnsembleClassifier`), so that training treats both classifiers alike."""
-        return self(waveforms, lengths)[None]  # (B, K) -> (1, B, K)
-
-    def members(self) -> list[SpeechClassifier]:
-        """The single-model classifiers whose posteriors make this one's: itself."""
-        return [self]
-
-
-def members_cross_entropy(
-    member_logits: Tensor, labels: Tensor, label_smoothing: float = 0.0
-) -> Tensor:
-    """The training loss of (M, B, K) member logits for (B,) labels: the mean over members of
-    each member's own cross-entropy, so each learns as if trained alone (M = 1: plain CE)."""
-    return F.cross_entropy(
-        member_logits.flatten(0, 1),  # (M, B, K) -> (M*B, K)
-        labels.repeat(len(member_logits)),
-        label_smoothing=label_smoothing,
-    )
-
-
-def average_posteriors(member_logits: Tensor) -> Tensor:
-    """(M, B, K) member logits -> (B, K) logits whose softmax is the members' mean posterior."""
-    return member_logits.log_softmax(dim=-1).logsumexp(dim=0) - math.log(len(member_logits))
-
-
-class EnsembleClassifier(nn.Module):
-    """Several FrequencyCNN + LSTMHead members on shared features, their posteriors averaged.
-
-    Members differ only in their initial weights and dropout, and each is trained on its own
-    loss (the mean of the members' cross-entropies), so they stay as diverse as separately
-    trained models while the features, the input norm and the data are computed once. On this
-    project's small training split, several small models averaged beat one model with as many
-    parameters: their errors on uncertain clips differ (README, accuracy study).
-
-    Args:
-        features: waveform (B, S) -> (B, F, T) feature extractor, shared.
-        frontends: each member's frame-local front end (B, F, T) -> (B, T, D).
-        heads: each member's sequence classifier (B, T, D) -> (B, K).
-        input_norm: per-bin batch norm of the features, shared.
-    """
-
-    def __init__(
-        self,
-        features: LogMelFeatures,
-        frontends: list[FrequencyCNN],
-        heads: list[LSTMHead],
-        input_norm: bool = True,
-    ) -> None:
-        super().__init__()
-        if len(frontends) < 2 or len(frontends) != len(heads):
-            raise ValueError(
-                f"need at least two members and one head per front end, got {len(frontends)} "
-                f"front ends and {len(heads)} heads"
-            )
-        for frontend in frontends:
-            if frontend.in_freq != features.out_features:
-                raise ValueError(
-                    f"frontend expects {frontend.in_freq} bins, features give "
-                    f"{features.out_features}"
-                )
-        self.features = features
-        self.input_norm = nn.BatchNorm1d(features.out_features) if input_norm else nn.Identity()
-        self.frontends = nn.ModuleList(frontends)
-        self.heads = nn.ModuleList(heads)
-
-    def frame_lengths(self, lengths: Tensor | None) -> Tensor | None:
-        """Valid frames per clip for (B,) valid samples per clip."""
-        return None if lengths is None else self.features.num_frames(lengths)
-
-    def member_logits(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """(B, S) waveforms, (B,) valid samples -> (M, B, K) logits of each member."""
-        return self._member_logits(self.features(waveforms), self.frame_lengths(lengths))
-
-    def _member_logits(self, features: Tensor, frames: Tensor | None) -> Tensor:
-        x = self.input_norm(features)  # (B, F, T), once for every member
-        pairs = zip(self.frontends, self.heads, strict=True)
-        return torch.stack([head(cnn(x), frames) for cnn, head in pairs])  # (M, B, K)
-
-    def classify_features(self, features: Tensor, frames: Tensor | None = None) -> Tensor:
-        """Everything after the features: (B, F, T) features, (B,) valid frames -> (B, K) logits."""
-        return average_posteriors(self._member_logits(features, frames))
-
-    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Classify a batch of waveforms.
-
-        Args:
-            waveforms: (B, S) float waveforms, zero-padded past each clip's length.
-            lengths: (B,) valid samples per clip (None: all S).
-
-        Returns:
-            (B, K) logits: the log of the members' mean posterior.
-        """
-        return self.classify_features(self.features(waveforms), self.frame_lengths(lengths))
-
-    def members(self) -> list[SpeechClassifier]:
-        """Each member as a `SpeechClassifier` that shares this model's modules (features,
-        input norm and its own front end and head), for code that runs one model at a time:
-        streaming, spotting and export average the members' posteriors."""
-        views = []
-        for frontend, head in zip(self.frontends, self.heads, strict=True):
-            view = SpeechClassifier(self.features, frontend, head, input_norm=False)
-            view.input_norm = self.input_norm  # shared, not a fresh batch norm
-            views.append(view.train(self.training))
-        return views
-
-
-# What every consumer of a trained model (streaming, spotting, export, classify) accepts.
-Classifier = SpeechClassifier | EnsembleClassifier
-
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     """Architecture hyperparameters of `SpeechClassifier`, as recipes and checkpoints hold them.
 
-    Feature fields go to `LogMelFeatures`, `cnn_*` to `FrequencyCNN`, `lstm_*`, `bidirectional`,
-    `pooling` and `head_dropout` to `LSTMHead`. `members` > 1 builds an `EnsembleClassifier` of
-    that many front ends and heads on one set of features.
+    The defaults are the Speech Commands recipe's (recipes/speech_commands.yaml). Feature
+    fields go to `LogMelFeatures`, `cnn_*` to `FrequencyCNN`, `lstm_*`, `bidirectional`,
+    `pooling` and `head_dropout` to `LSTMHead`.
     """
 
     n_mels: int = 40
-    win_ms: float = 25.0
-    hop_ms: float = 10.0
+    win_ms: float = 40.0
+    hop_ms: float = 20.0
     n_mfcc: int | None = None
     freq_masks: int = 2
     freq_mask_width: int = 5
     time_masks: int = 2
-    time_mask_width: int = 10
-    freq_warp: float = 0.0
+    time_mask_width: int = 5
+    freq_warp: float = 0.1
     spectral_eq_db: float = 0.0
     input_norm: bool = True
-    cnn_channels: tuple[int, ...] = (32, 64)
-    cnn_kernels: tuple[int, ...] = (5, 5)
+    cnn_channels: tuple[int, ...] = (32, 64, 64)
+    cnn_kernels: tuple[int, ...] = (5, 5, 3)
     cnn_strides: tuple[int, ...] | None = None
-    cnn_pools: tuple[int, ...] = (2, 2)
+    cnn_pools: tuple[int, ...] = (2, 2, 2)
     cnn_dropout: float = 0.1
     activation: str = "relu"
-    lstm_hidden: int = 128
-    lstm_layers: int = 2
+    lstm_hidden: int = 176
+    lstm_layers: int = 1
     bidirectional: bool = False
-    pooling: str = "last"
+    pooling: str = "attention"
     head_dropout: float = 0.1
-    members: int = 1
 
 
 def build_classifier(
     config: ClassifierConfig, num_classes: int, sample_rate: int = 16000
-) -> Classifier:
-    """The full model for `num_classes` classes of audio at `sample_rate` Hz: one
-    `SpeechClassifier`, or an `EnsembleClassifier` of `config.members` of them."""
+) -> SpeechClassifier:
+    """The full model for `num_classes` classes of audio at `sample_rate` Hz."""
     c = config
-    if c.members < 1:
-        raise ValueError(f"members must be >= 1, got {c.members}")
     features = LogMelFeatures(
         sample_rate=sample_rate,
         n_mels=c.n_mels,
@@ -380,34 +362,28 @@ def build_classifier(
         freq_warp=c.freq_warp,
         spectral_eq_db=c.spectral_eq_db,
     )
-    frontends, heads = [], []
-    for _ in range(c.members):
-        frontend = FrequencyCNN(
-            features.out_features,
-            channels=c.cnn_channels,
-            kernel_sizes=c.cnn_kernels,
-            strides=c.cnn_strides,
-            pools=c.cnn_pools,
-            dropout=c.cnn_dropout,
-            activation=c.activation,
-        )
-        head = LSTMHead(
-            frontend.out_features,
-            num_classes,
-            hidden_size=c.lstm_hidden,
-            num_layers=c.lstm_layers,
-            bidirectional=c.bidirectional,
-            pooling=c.pooling,
-            dropout=c.head_dropout,
-        )
-        frontends.append(frontend)
-        heads.append(head)
-    if c.members == 1:
-        return SpeechClassifier(features, frontends[0], heads[0], input_norm=c.input_norm)
-    return EnsembleClassifier(features, frontends, heads, input_norm=c.input_norm)
+    frontend = FrequencyCNN(
+        features.out_features,
+        channels=c.cnn_channels,
+        kernel_sizes=c.cnn_kernels,
+        strides=c.cnn_strides,
+        pools=c.cnn_pools,
+        dropout=c.cnn_dropout,
+        activation=c.activation,
+    )
+    head = LSTMHead(
+        frontend.out_features,
+        num_classes,
+        hidden_size=c.lstm_hidden,
+        num_layers=c.lstm_layers,
+        bidirectional=c.bidirectional,
+        pooling=c.pooling,
+        dropout=c.head_dropout,
+    )
+    return SpeechClassifier(features, frontend, head, input_norm=c.input_norm)
 
 
-def multiply_accumulates(model: Classifier, seconds: float = 1.0) -> int:
+def multiply_accumulates(model: SpeechClassifier, seconds: float = 1.0) -> int:
     """Multiply-accumulates to classify `seconds` of audio, counted layer by layer.
 
     Counts the features (the FFT as 2 N log2 N real MACs per frame of N samples, the mel
@@ -451,11 +427,10 @@ def multiply_accumulates(model: Classifier, seconds: float = 1.0) -> int:
         model.train(was_training)
     # The classifier runs on the pooled vector once per clip; the hook saw exactly that.
     macs += sum(counts)
-    for member in model.members():
-        lstm = member.head.lstm
-        dirs = 2 if lstm.bidirectional else 1
-        size = lstm.input_size
-        for _ in range(lstm.num_layers):
-            macs += n_frames * dirs * 4 * lstm.hidden_size * (size + lstm.hidden_size)
-            size = lstm.hidden_size * dirs
+    lstm = model.head.lstm
+    dirs = 2 if lstm.bidirectional else 1
+    size = lstm.input_size
+    for _ in range(lstm.num_layers):
+        macs += n_frames * dirs * 4 * lstm.hidden_size * (size + lstm.hidden_size)
+        size = lstm.hidden_size * dirs
     return int(macs)

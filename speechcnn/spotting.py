@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speechcnn.model import Classifier
+from speechcnn.model import SpeechClassifier
 from speechcnn.streaming import stream_posteriors
 
 MODES = ("window", "stream")
@@ -115,7 +115,7 @@ class PosteriorTrack:
 
 @torch.no_grad()
 def window_posteriors(
-    model: Classifier,
+    model: SpeechClassifier,
     samples: Tensor | np.ndarray,
     window_s: float = 1.0,
     hop_s: float = 0.05,
@@ -125,8 +125,7 @@ def window_posteriors(
 
     Equal to `model` on each window's samples alone (frames are local), computed in blocks of
     `block_windows` windows so memory stays bounded for long recordings. Works for every head
-    (any pooling, bidirectional too): each window is a whole utterance to the head. An
-    ensemble's posteriors are its members' mean.
+    (any pooling, bidirectional too): each window is a whole utterance to the head.
     """
     feats = model.features
     samples = torch.as_tensor(samples, dtype=torch.float32)
@@ -141,20 +140,16 @@ def window_posteriors(
     starts = list(range(0, total - win_frames + 1, step))
     if starts[-1] != total - win_frames:
         starts.append(total - win_frames)  # the last window ends at the last frame
-    members, posts = model.members(), []
+    posts = []
     for b in range(0, len(starts), block_windows):
         block = starts[b : b + block_windows]
         first, last = block[0], block[-1] + win_frames  # frames [first, last)
         span = samples[first * hop : (last - 1) * hop + n_fft]
-        normed = model.input_norm(feats(span[None]))  # (1, F, T_block), shared by the members
+        embedded = model.embed(span[None])[0]  # (1, T_block, D) -> (T_block, D)
         offsets = torch.tensor(block) - first
         index = offsets[:, None] + torch.arange(win_frames)  # (W, T_win)
-        block_posts = []
-        for member in members:
-            embedded = member.frontend(normed)[0]  # (T_block, D)
-            windows = embedded[index]  # (W, T_win, D)
-            block_posts.append(member.head(windows).softmax(dim=-1))  # (W, K)
-        posts.append(torch.stack(block_posts).mean(dim=0))  # (M, W, K) -> (W, K)
+        windows = embedded[index]  # (W, T_win, D)
+        posts.append(model.head(windows).softmax(dim=-1))  # (W, K)
     ends = (np.array(starts) + win_frames - 1) * hop + n_fft
     return PosteriorTrack(
         posteriors=torch.cat(posts).numpy(),
@@ -164,7 +159,7 @@ def window_posteriors(
 
 
 def stream_track(
-    model: Classifier, samples: Tensor | np.ndarray, window_s: float = 1.0
+    model: SpeechClassifier, samples: Tensor | np.ndarray, window_s: float = 1.0
 ) -> PosteriorTrack:
     """Exact streaming posteriors, one per frame, with the LSTM state carried throughout.
 
@@ -172,7 +167,7 @@ def stream_track(
         ValueError: the model pools over time ("mean", "attention"), so its posterior at a
             frame describes the whole recording up to it, not the word being spoken.
     """
-    pooling = model.members()[0].head.pooling
+    pooling = model.head.pooling
     if pooling != "last":
         raise ValueError(
             f"stream mode needs a model with 'last' pooling; this one has {pooling!r}, whose "
@@ -276,7 +271,7 @@ def detect(track: PosteriorTrack, class_names: list[str], config: SpotConfig) ->
 
 
 def posterior_track(
-    model: Classifier, samples: Tensor | np.ndarray, config: SpotConfig
+    model: SpeechClassifier, samples: Tensor | np.ndarray, config: SpotConfig
 ) -> PosteriorTrack:
     """The posterior track of `config.mode` for a mono recording at the model's rate (in
     "window" mode with `centred` set when `config.centre_s` is)."""
@@ -290,7 +285,7 @@ def posterior_track(
 
 
 def spot(
-    model: Classifier,
+    model: SpeechClassifier,
     class_names: list[str],
     samples: Tensor | np.ndarray,
     config: SpotConfig = SpotConfig(),  # noqa: B008 (frozen dataclass)

@@ -14,20 +14,33 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from speechcnn.data.clips import Batch
 from speechcnn.frontend import count_parameters
-from speechcnn.model import (
-    Classifier,
-    ClassifierConfig,
-    average_posteriors,
-    build_classifier,
-    members_cross_entropy,
-)
+from speechcnn.model import ClassifierConfig, SpeechClassifier, build_classifier
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 
+def config_from_dict(net: dict) -> ClassifierConfig:
+    """The ClassifierConfig of a checkpoint's `net` hyperparameters.
+
+    Raises:
+        ValueError: they name a field ClassifierConfig does not have (a checkpoint of another
+            architecture).
+    """
+    net = dict(net)
+    if net.get("members", 1) == 1:
+        net.pop("members", None)  # `members: 1` records a single model
+    fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
+    unknown = sorted(set(net) - fields)
+    if unknown:
+        raise ValueError(
+            f"model settings {unknown} are not ClassifierConfig fields ({sorted(fields)}): "
+            "not a checkpoint of this version's SpeechClassifier"
+        )
+    return ClassifierConfig(**net)
+
+
 class SpeechClassifierModule(pl.LightningModule):
-    """Trains a `SpeechClassifier` (or an `EnsembleClassifier`, each member on its own loss) with
-    cross-entropy and AdamW.
+    """Trains a `SpeechClassifier` with cross-entropy and AdamW.
 
     Args:
         class_names: class names in label order (linked from the data module: one source).
@@ -71,20 +84,19 @@ class SpeechClassifierModule(pl.LightningModule):
         if mixup_alpha < 0.0:
             raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
         if isinstance(net, dict):  # as load_from_checkpoint passes it back
-            net = ClassifierConfig(**net)
+            net = config_from_dict(net)
         self.save_hyperparameters(ignore=["net"])
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
         self.hparams["net"] = dataclasses.asdict(net)
         self.class_names = list(class_names)
-        self.model: Classifier = build_classifier(net, len(class_names), sample_rate)
+        self.model: SpeechClassifier = build_classifier(net, len(class_names), sample_rate)
         # The average is a frozen copy that only on_train_batch_end writes to.
-        self.averaged: Classifier | None = (
+        self.averaged: SpeechClassifier | None = (
             copy.deepcopy(self.model).requires_grad_(False) if ema_decay > 0 else None
         )
         if compile:
             # Module.compile compiles in place: parameter names (and checkpoints) stay as they are.
-            for member in self.model.members():
-                member.frontend.compile()
+            self.model.frontend.compile()
         k = len(class_names)
         self.acc = torch.nn.ModuleDict(
             {
@@ -101,7 +113,7 @@ class SpeechClassifierModule(pl.LightningModule):
         return count_parameters(self.model)
 
     @property
-    def inference_model(self) -> Classifier:
+    def inference_model(self) -> SpeechClassifier:
         """The weights to evaluate and deploy: the moving average when there is one."""
         return self.averaged if self.averaged is not None else self.model
 
@@ -124,13 +136,12 @@ class SpeechClassifierModule(pl.LightningModule):
                 waveforms = lam * waveforms + (1.0 - lam) * waveforms[perm]
                 lengths = torch.maximum(lengths, lengths[perm])
                 targets = [(labels, lam), (labels[perm], 1.0 - lam)]
-            member_logits = self.model.member_logits(waveforms, lengths)  # (M, B, K)
+            logits = self.model(waveforms, lengths)
             smoothing = self.hparams.label_smoothing
             loss = sum(
-                weight * members_cross_entropy(member_logits, target, smoothing)
+                weight * F.cross_entropy(logits, target, label_smoothing=smoothing)
                 for target, weight in targets
             )
-            logits = average_posteriors(member_logits)
         preds = logits.argmax(dim=-1)
         accuracy = self.acc[f"{stage}_acc"]
         accuracy(preds, labels)

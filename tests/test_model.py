@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -36,7 +34,7 @@ def test_padding_invariance(pooling, bidirectional):
 def test_output_shape_and_parameter_count():
     model = build_classifier(ClassifierConfig(), num_classes=12)
     assert model(torch.randn(2, 16000)).shape == (2, 12)
-    assert 500_000 < sum(p.numel() for p in model.parameters()) < 600_000
+    assert sum(p.numel() for p in model.parameters()) == 375_981
 
 
 def test_streamable_flag():
@@ -52,8 +50,7 @@ def test_prefix_logits_are_the_head_on_each_prefix(pooling):
     head = LSTMHead(6, 4, hidden_size=5, num_layers=2, pooling=pooling).eval()
     x = torch.randn(2, 9, 6)  # (B, T, D)
     with torch.no_grad():
-        outputs, _ = head.lstm(x)
-        prefix = head.prefix_logits(outputs)  # (B, T, K)
+        prefix = head.prefix_logits(x)  # (B, T, K)
         alone = torch.stack([head(x[:, : t + 1]) for t in range(9)], dim=1)  # (B, T, K)
     assert prefix.shape == (2, 9, 4)
     torch.testing.assert_close(prefix, alone, atol=1e-5, rtol=1e-5)
@@ -78,8 +75,8 @@ def test_head_bad_arguments_raise(kwargs):
 
 def test_multiply_accumulates_counted_by_hand():
     config = ClassifierConfig(
-        n_mels=16, cnn_channels=(4, 8), cnn_kernels=(3, 3), cnn_pools=(2, 2), lstm_hidden=16,
-        lstm_layers=1, pooling="attention",
+        n_mels=16, win_ms=25.0, hop_ms=10.0, cnn_channels=(4, 8), cnn_kernels=(3, 3),
+        cnn_pools=(2, 2), lstm_hidden=16, lstm_layers=1, pooling="attention",
     )  # fmt: skip
     model = build_classifier(config, num_classes=12)
     frames = (16000 - 400) // 160 + 1  # 98
@@ -99,39 +96,3 @@ def test_multiply_accumulates_counted_by_hand():
     assert model.training  # left as it was
     with pytest.raises(ValueError, match="0.01 s"):
         multiply_accumulates(model, seconds=0.01)
-
-
-def test_ensemble_averages_its_members_posteriors():
-    torch.manual_seed(3)
-    config = ClassifierConfig(**{**TINY.__dict__, "pooling": "attention", "members": 3})
-    model = build_classifier(config, num_classes=5, sample_rate=8000).eval()
-    single = build_classifier(ClassifierConfig(**{**TINY.__dict__, "pooling": "attention"}), 5)
-    members = model.members()
-    assert len(members) == 3
-    assert sum(p.numel() for p in model.parameters()) == 3 * sum(
-        p.numel() for p in single.parameters()
-    ) - 2 * sum(p.numel() for p in single.input_norm.parameters())  # features, norm shared
-    # the views share the ensemble's modules: no copies
-    assert all(m.features is model.features and m.input_norm is model.input_norm for m in members)
-    assert members[1].head is model.heads[1]
-    waves, lengths = torch.randn(2, 6000) * 0.1, torch.tensor([4000, 6000])
-    with torch.no_grad():
-        each = torch.stack([m(waves, lengths).softmax(-1) for m in members])  # (M, B, K)
-        member_logits = model.member_logits(waves, lengths)
-        logits = model(waves, lengths)
-    assert member_logits.shape == (3, 2, 5) and logits.shape == (2, 5)
-    torch.testing.assert_close(logits.softmax(-1), each.mean(0), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(member_logits.softmax(-1), each, atol=1e-6, rtol=1e-5)
-    # distinct members: their own initial weights
-    assert not torch.equal(model.heads[0].classifier.weight, model.heads[1].classifier.weight)
-    # multiply-accumulates: the features once, then each member's network
-    feats = model.features
-    n_fft, n_frames = feats.n_fft, feats.num_frames(8000)  # one second
-    features_macs = n_frames * (2 * n_fft * math.ceil(math.log2(n_fft)) + feats.mel_fbanks.numel())
-    each_alone = sum(multiply_accumulates(m) for m in members)
-    assert multiply_accumulates(model) == each_alone - 2 * features_macs
-
-
-def test_ensemble_bad_arguments():
-    with pytest.raises(ValueError, match="members must be >= 1, got 0"):
-        build_classifier(ClassifierConfig(**{**TINY.__dict__, "members": 0}), 5)

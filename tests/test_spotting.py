@@ -33,7 +33,6 @@ NAMES = ["_silence_", "_unknown_", "yes", "no"]
         {},
         {"pooling": "attention"},
         {"pooling": "mean", "bidirectional": True},
-        {"pooling": "attention", "members": 2},
     ],
 )
 def test_window_posteriors_equal_the_model_on_each_window_alone(overrides):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from speechcnn import streaming
-from speechcnn.model import ClassifierConfig, build_classifier
+from speechcnn import fused_step
+from speechcnn.model import ClassifierConfig, build_classifier, empty_pool_state, pool_frame
 from speechcnn.streaming import (
     NotStreamableError,
     Streamer,
@@ -29,6 +29,9 @@ def tiny_model(seed: int = 0, **overrides):
         "cnn_pools": (2, 1),
         "lstm_hidden": 8,
         "lstm_layers": 2,
+        "win_ms": 25.0,
+        "hop_ms": 10.0,
+        "pooling": "last",
     }
     config = ClassifierConfig(**{**settings, **overrides})
     model = build_classifier(config, num_classes=5, sample_rate=16000)
@@ -57,8 +60,8 @@ def random_chunks(n: int, rng: np.random.Generator, max_chunk: int) -> list[int]
     return sizes
 
 
-def run_chunked(model, wave: torch.Tensor, sizes: list[int]):
-    streamer = Streamer(model)
+def run_chunked(model, wave: torch.Tensor, sizes: list[int], fused: bool = True):
+    streamer = Streamer(model, fused=fused)
     feats, posts, start = [], [], 0
     for size in sizes:
         step = streamer.push(wave[start : start + size])
@@ -69,14 +72,16 @@ def run_chunked(model, wave: torch.Tensor, sizes: list[int]):
     return torch.cat(feats, dim=1), torch.cat(posts, dim=0), streamer
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("max_chunk", [1, 7, 160, 401, 4000, 20000])
-def test_random_chunkings_equal_offline(seed, max_chunk):
+def test_random_chunkings_equal_offline(seed, max_chunk, fused):
     model = tiny_model()
     wave = recording(0.6 if max_chunk > 1 else 0.1, seed)
     rng = np.random.default_rng([seed, max_chunk])
     sizes = random_chunks(len(wave), rng, max_chunk)
-    feats, posts, streamer = run_chunked(model, wave, sizes)
+    feats, posts, streamer = run_chunked(model, wave, sizes, fused)
+    assert isinstance(streamer._step, torch.jit.ScriptModule) == fused
     with torch.no_grad():
         ref_feats = model.features(wave[None])[0]  # (F, T)
     ref_posts = offline_posteriors(model, wave[None])[0]  # (T, K)
@@ -95,15 +100,15 @@ def test_random_chunkings_equal_offline(seed, max_chunk):
         {"cnn_strides": (2, 1), "cnn_pools": (1, 2), "activation": "gelu"},
         {"lstm_layers": 1},
         {"win_ms": 40.0, "hop_ms": 20.0},  # the recipe's framing: frames overlap by half
-        {"members": 3, "pooling": "attention"},  # an ensemble: its members' mean posterior
-        {"members": 2, "lstm_layers": 1},
+        {"pooling": "attention", "cnn_kernels": (5, 3), "cnn_pools": (2, 2)},
     ],
 )
-def test_other_configurations_stream_exactly(overrides):
+@pytest.mark.parametrize("fused", [True, False])
+def test_other_configurations_stream_exactly(overrides, fused):
     model = tiny_model(seed=4, **overrides)
     wave = recording(0.4, seed=6)
     rng = np.random.default_rng(7)
-    feats, posts, _ = run_chunked(model, wave, random_chunks(len(wave), rng, 900))
+    feats, posts, _ = run_chunked(model, wave, random_chunks(len(wave), rng, 900), fused)
     with torch.no_grad():
         ref_feats = model.features(wave[None])[0]
     assert (feats - ref_feats).abs().max() <= TOL
@@ -113,9 +118,9 @@ def test_other_configurations_stream_exactly(overrides):
 @pytest.mark.parametrize("max_dense", [0, 10**9])
 def test_first_convolution_windowed_or_dense_streams_exactly(monkeypatch, max_dense):
     # The input norm and first convolution run as one dense matrix when it is small enough.
-    monkeypatch.setattr(streaming, "MAX_DENSE_FIRST_LAYER", max_dense)
+    monkeypatch.setattr(fused_step, "MAX_DENSE_FIRST_LAYER", max_dense)
     model = tiny_model(seed=5)
-    assert streaming.FrameBatchPath(model).first_dense == (max_dense > 0)
+    assert fused_step.FrameBatchPath(model).first_dense == (max_dense > 0)
     wave = recording(0.3, seed=8)
     _, posts, _ = run_chunked(model, wave, random_chunks(len(wave), np.random.default_rng(9), 700))
     assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
@@ -166,14 +171,15 @@ def test_short_and_empty_chunks_emit_nothing():
         streamer.push(torch.zeros(1, 10))
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 @pytest.mark.parametrize("max_chunk", [1, 160, 4000])
-def test_pooling_heads_stream_exactly(pooling, max_chunk):
+def test_pooling_heads_stream_exactly(pooling, max_chunk, fused):
     # Each posterior is the model's on the audio so far: at the last frame, the whole clip's.
     model = tiny_model(seed=6, pooling=pooling)
     wave = recording(0.1 if max_chunk == 1 else 0.6, seed=9)
     sizes = random_chunks(len(wave), np.random.default_rng(max_chunk), max_chunk)
-    _, posts, streamer = run_chunked(model, wave, sizes)
+    _, posts, streamer = run_chunked(model, wave, sizes, fused)
     assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
     with torch.no_grad():
         clip_probs = model(wave[None]).softmax(-1)[0]
@@ -185,9 +191,9 @@ def test_pooling_heads_stream_exactly(pooling, max_chunk):
 def test_attention_pools_frame_by_frame_when_scores_could_underflow(monkeypatch):
     # Whole chunks pool relative to their largest score only while no weight can underflow.
     model = tiny_model(seed=7, pooling="attention")
-    assert streaming.FrameStep(model).pool_whole_chunk
-    monkeypatch.setattr(streaming, "MAX_CHUNK_SCORE_RANGE", 0.0)
-    assert not streaming.FrameStep(model).pool_whole_chunk
+    assert fused_step.FrameStep(model).pool_whole_chunk
+    monkeypatch.setattr(fused_step, "MAX_CHUNK_SCORE_RANGE", 0.0)
+    assert not fused_step.FrameStep(model).pool_whole_chunk
     wave = recording(0.4, seed=10)
     _, posts, _ = run_chunked(model, wave, [3000, 1, 2500, 900])
     assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
@@ -198,24 +204,23 @@ def test_pooling_carries_its_state_and_never_overflows():
     # exp(1000) overflows float32; a range of 80 is the widest pooled a chunk at a time
     scores = torch.tensor([1000.0, 1050.0, 980.0, 1001.0, 1060.0, 1002.0])
     reference = torch.stack([x[: t + 1].T @ scores[: t + 1].softmax(0) for t in range(6)])
-    whole, _, log_total = streaming.prefix_pool(scores, x, *streaming.empty_pool_state(3))
-    first, pooled, carried = streaming.prefix_pool(
-        scores[:2], x[:2], *streaming.empty_pool_state(3)
-    )
-    rest, _, _ = streaming.prefix_pool(scores[2:], x[2:], carried, pooled)
+    empty = [t[0] for t in empty_pool_state(1, 3)]  # (1,) and (3,): one stream
+    whole, _, log_total = fused_step.prefix_pool(scores, x, *empty)
+    first, pooled, carried = fused_step.prefix_pool(scores[:2], x[:2], *empty)
+    rest, _, _ = fused_step.prefix_pool(scores[2:], x[2:], carried, pooled)
     torch.testing.assert_close(whole, reference)
     torch.testing.assert_close(torch.cat([first, rest]), reference)
     torch.testing.assert_close(log_total, torch.logsumexp(scores, 0, keepdim=True))
     # frame by frame, any range at all: a score 5000 below the rest weighs nothing
     scores[2] = -4000.0
     reference = torch.stack([x[: t + 1].T @ scores[: t + 1].softmax(0) for t in range(6)])
-    log_total, pooled = streaming.empty_pool_state(3)
+    log_total, pooled = empty_pool_state(1, 3)  # (1, 1) and (1, 3)
     rows = []
     for t in range(6):
-        pooled, log_total = streaming.pool_frame(scores[t : t + 1], x[t], log_total, pooled)
-        rows.append(pooled)
+        pooled, log_total = pool_frame(scores[None, t : t + 1], x[None, t], log_total, pooled)
+        rows.append(pooled[0])
     torch.testing.assert_close(torch.stack(rows), reference)
-    torch.testing.assert_close(log_total, torch.logsumexp(scores, 0, keepdim=True))
+    torch.testing.assert_close(log_total[0], torch.logsumexp(scores, 0, keepdim=True))
 
 
 def test_streams_where_a_frozen_module_cannot_run():
@@ -228,7 +233,7 @@ def test_streams_where_a_frozen_module_cannot_run():
         posts = torch.cat(
             [streamer.push(wave[i : i + 500]).posteriors for i in range(0, 4800, 500)]
         )
-    assert isinstance(streamer._streams[0]._step, torch.jit.ScriptModule)
+    assert isinstance(streamer._step, torch.jit.ScriptModule)
     assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
 
 
@@ -250,76 +255,50 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("pooling", ["last", "attention"])
-def test_float_models_stream_compiled_and_int8_models_stream(pooling):
+def test_float_models_stream_fused_and_int8_models_stream_through_their_modules(pooling):
     from speechcnn.export import quantize_int8
 
     model = tiny_model(seed=5, pooling=pooling)
-    assert isinstance(Streamer(model)._streams[0]._step, torch.jit.ScriptModule)
+    assert isinstance(Streamer(model)._step, torch.jit.ScriptModule)
     quantized = quantize_int8(model)
     streamer = Streamer(quantized)
-    (member,) = streamer._streams
-    assert member._step is None and isinstance(member._path, torch.jit.ScriptModule)
+    assert streamer._step is None  # SpeechClassifier.infer, the int8 modules themselves
     wave = recording(0.5, seed=8)
     posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
     # int8 activations are quantized per call, so chunked int8 is close to, not equal to,
     # offline int8; the float model is the exact one.
-    with torch.no_grad():
-        outputs, _ = quantized.head.lstm(quantized.embed(wave[None]))
-        offline = quantized.head.prefix_logits(outputs)[0].softmax(-1)
+    offline = offline_posteriors(quantized, wave[None])[0]
     assert (posts - offline).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("max_dense", [0, 10**9])
 @pytest.mark.parametrize(
-    ("overrides", "max_dense"),
+    "overrides",
     [
-        ({"pooling": "last"}, 10**9),
-        ({"pooling": "mean", "lstm_layers": 1}, 10**9),
-        ({"pooling": "attention", "cnn_strides": (2, 1), "activation": "gelu"}, 0),
+        {"pooling": "last"},
+        {"pooling": "mean", "lstm_layers": 1},
+        {"pooling": "attention", "cnn_strides": (2, 1), "activation": "gelu"},
+        {"n_mfcc": 8, "input_norm": False, "pooling": "attention"},
     ],
 )
-def test_ensembles_stream_in_one_batched_step(monkeypatch, overrides, max_dense):
-    monkeypatch.setattr(streaming, "MAX_DENSE_FIRST_LAYER", max_dense)
-    model = tiny_model(seed=3, members=3, **overrides)
-    (fused,) = Streamer(model)._streams  # the features once, the members batched, one call
-    assert isinstance(fused, streaming._EnsembleStream)
-    assert isinstance(fused._step, torch.jit.ScriptModule)
-    # uncompiled, one chunk of 10 frames: each member's own FrameStep, averaged
+def test_fused_step_equals_the_models_own_modules(monkeypatch, overrides, max_dense):
+    """FrameStep, built from the weights, computes SpeechClassifier.infer: the features, the
+    posteriors and every state tensor, for whole chunks and frame by frame."""
+    monkeypatch.setattr(fused_step, "MAX_DENSE_FIRST_LAYER", max_dense)
+    model = tiny_model(seed=3, **overrides)
+    step = fused_step.FrameStep(model)
     wave = recording(0.3, seed=5)
-    span = wave[: 9 * model.features.hop_length + model.features.n_fft]
+    hop, n_fft = model.features.hop_length, model.features.n_fft
+    state = model.head.initial_state()
     with torch.no_grad():
-        for frames in (span, span[: model.features.n_fft]):  # whole-chunk and frame-by-frame
-            features, mean, *state = streaming.EnsembleStep(model.members())(frames, *fused._state)
-            alone = [
-                streaming.FrameStep(m)(frames, *(s[i] for s in fused._state))
-                for i, m in enumerate(model.members())
-            ]
-            assert torch.allclose(features, alone[0][0])
-            assert torch.allclose(mean, torch.stack([out[1] for out in alone]).mean(0), atol=1e-6)
-            for i, out in enumerate(alone):  # each member's new state is its own step's
-                for batched, own in zip(state, out[2:], strict=True):
-                    assert torch.allclose(batched[i], own, atol=1e-6)
-    # short and long chunks alike equal the offline ensemble
-    _, posts, _ = run_chunked(model, wave, random_chunks(len(wave), np.random.default_rng(2), 1500))
-    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
-
-
-def test_int8_or_unlike_ensemble_members_stream_one_by_one():
-    from speechcnn.export import quantize_int8
-
-    model = tiny_model(seed=3, members=3, pooling="mean")
-    quantized = quantize_int8(model)
-    streamer = Streamer(quantized)
-    assert len(streamer._streams) == 3  # int8 members: a stream each, posteriors averaged
-    wave = recording(0.5, seed=8)
-    posts = torch.cat([streamer.push(wave[i : i + 160]).posteriors for i in range(0, 8000, 160)])
-    assert (posts - offline_posteriors(quantized, wave[None])[0]).abs().max() < 0.05
-
-    other = tiny_model(seed=4, pooling="mean", lstm_hidden=12)  # a member of another shape
-    model.heads[2], model.frontends[2] = other.head, other.frontend
-    assert not streaming.EnsembleStep.batchable(model.members())
-    with pytest.raises(ValueError, match="member 2 cannot be batched"):
-        streaming.EnsembleStep(model.members())
-    streamer = Streamer(model)
-    assert len(streamer._streams) == 3
-    _, posts, _ = run_chunked(model, wave, random_chunks(len(wave), np.random.default_rng(3), 900))
-    assert (posts - offline_posteriors(model, wave[None])[0]).abs().max() <= TOL
+        for frames in (9, 1, 2, 12):  # more than max_step_frames, then fewer
+            span, wave = wave[: (frames - 1) * hop + n_fft], wave[frames * hop :]
+            features, posteriors, *fused_state = step(span, *state)
+            ref_features, logits, state = model.infer(span[None], state)
+            torch.testing.assert_close(features, ref_features[0].T, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(posteriors, logits[0].softmax(-1), atol=1e-6, rtol=1e-5)
+            for fused, own in zip(fused_state, state, strict=True):
+                assert fused.shape == own.shape
+                torch.testing.assert_close(fused, own, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="SpeechClassifier.infer"):
+        fused_step.FrameStep(model.train().eval().requires_grad_(False).double())

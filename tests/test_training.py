@@ -103,39 +103,10 @@ def test_bad_arguments_raise(kwargs, message):
         SpeechClassifierModule(["a", "b"], 16000, net=TINY, **kwargs)
 
 
-def test_ensemble_members_learn_each_on_its_own_loss(speech_commands_root, tmp_path):
-    from speechcnn.classify import load_classifier
-    from speechcnn.model import EnsembleClassifier
+def test_checkpoint_settings_of_another_architecture_are_refused():
+    from speechcnn.training import config_from_dict
 
-    quiet = dataclasses.replace(
-        TINY, members=2, cnn_dropout=0.0, head_dropout=0.0, freq_masks=0, time_masks=0
-    )
-    module = SpeechClassifierModule(["a", "b", "c"], 8000, net=quiet, label_smoothing=0.1)
-    waves, lengths = torch.randn(4, 8000) * 0.1, torch.tensor([8000, 6000, 8000, 5000])
-    labels = torch.tensor([0, 1, 2, 1])
-    with pytest.warns(UserWarning, match="self.log"):  # no trainer here
-        loss = module._shared_step((waves, lengths, labels), "train")
-    member_logits = module.model.member_logits(waves, lengths)  # (M, B, K)
-    each = [
-        torch.nn.functional.cross_entropy(m, labels, label_smoothing=0.1) for m in member_logits
-    ]
-    torch.testing.assert_close(loss, (each[0] + each[1]) / 2)
-    loss.backward()
-    # member 0's head: gradient from its own loss alone (half of it: the mean over members)
-    head = module.model.heads[0].classifier.weight
-    alone = torch.autograd.grad(each[0] / 2, head)[0]
-    torch.testing.assert_close(head.grad, alone)
-
-    pl.seed_everything(0)
-    data = SpeechCommandsDataModule(root=str(speech_commands_root), batch_size=16)
-    module = SpeechClassifierModule(
-        data.class_names, data.sample_rate, net=dataclasses.replace(TINY, members=3), ema_decay=0.9
-    )
-    trainer = _fit_briefly(module, data, tmp_path)
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    path = tmp_path / "ensemble.ckpt"
-    trainer.save_checkpoint(path)
-    loaded = load_classifier(path).model
-    assert isinstance(loaded, EnsembleClassifier) and len(loaded.members()) == 3
-    for name, value in loaded.state_dict().items():
-        torch.testing.assert_close(value, module.averaged.state_dict()[name])
+    net = dataclasses.asdict(TINY)
+    assert config_from_dict({**net, "members": 1}) == TINY  # `members: 1` is a single model
+    with pytest.raises(ValueError, match=r"\['members'\] are not ClassifierConfig fields"):
+        config_from_dict({**net, "members": 4})

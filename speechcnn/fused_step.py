@@ -1,0 +1,465 @@
+"""A fused, compiled form of `SpeechClassifier.infer` for streaming on the CPU.
+
+At 10-20 ms chunks a stream's cost is the number of operations, not the arithmetic: the
+model's own modules take about 0.75 ms per 20 ms chunk on one CPU thread (a real-time factor
+of 0.04: PyTorch's convolution and LSTM kernels are built for batches, not for one frame).
+`FrameStep` computes the same function from the model's weights, copied when it is built: the
+STFT as an rfft of the chunk's frames, batch norms folded into affine maps, each (k, 1)
+convolution as one matrix product over the frames' frequency windows, the LSTM cell as one
+product per frame, all in one TorchScript call. tests/test_streaming.py holds it equal to the
+modules (`SpeechClassifier.infer`); `speechcnn.streaming.Streamer` uses it where it applies.
+"""
+
+# No `from __future__ import annotations`: TorchScript needs the class-level attribute
+# annotations of FrameBatchPath and FrameStep as real types, not strings.
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from speechcnn.features import LogMelFeatures
+from speechcnn.frontend import ACTIVATIONS
+from speechcnn.model import SpeechClassifier, pool_frame
+
+
+def prefix_pool(
+    scores: Tensor, values: Tensor, log_total: Tensor, pooled: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`pool_frame` over a whole chunk at once: the mean after each of its frames.
+
+    The sums are taken relative to the largest score so far, so exp never overflows; a frame's
+    weight underflows (and an early row may become 0/0) only when its score is about 87 below
+    that largest score, which `FrameStep` rules out by bounding the scores' range.
+
+    Args:
+        scores: (T,) the chunk's scores; values: (T, V) its values.
+        log_total, pooled: (1,) and (V,), the state before the chunk (see `pool_frame`).
+
+    Returns:
+        (T, V) the means after each frame, and the (V,) mean and (1,) L after the last.
+    """
+    top = torch.maximum(log_total, scores.max())  # (1,) the largest score so far
+    carried = torch.exp(log_total - top)  # (1,) the weight of the frames before the chunk
+    weights = torch.exp(scores - top)  # (T,)
+    totals = torch.cumsum(weights, 0) + carried  # (T,)
+    sums = torch.cumsum(weights[:, None] * values, 0) + carried * pooled  # (T, V)
+    means = sums / totals[:, None]
+    return means, means[-1], top + torch.log(totals[-1:])
+
+
+# Largest (F, F' * C') matrix (in elements) for which FrameBatchPath runs the input norm and the
+# first convolution as one matrix product: 40 mel bins into 32 channels take 51,200.
+MAX_DENSE_FIRST_LAYER = 131072
+
+# Largest possible range of attention scores (max - min) for which FrameStep pools a whole chunk
+# at once: exp(-80) is far above float32's smallest normal number (about exp(-87)), so no
+# frame's weight underflows. Wider ranges pool frame by frame, where nothing can underflow.
+MAX_CHUNK_SCORE_RANGE = 80.0
+
+
+class FrameBatchPath(nn.Module):
+    """The features, input norm and front end of an eval-mode model, with frames as the batch.
+
+    Every stage is frame-local, so the T frames of a chunk can be a batch of T one-frame
+    inputs: the STFT is an rfft of (T, n_fft) windowed frames, and batch norms are folded into
+    fixed affine maps (their eval-mode form). Each (k, 1) convolution is one matrix product
+    over the frequency windows of all T frames (im2col, in a (T, F, C) layout): for a frame or
+    a few, PyTorch's convolution picks an unblocked kernel that costs several times more.
+    Same function as the modules (within float rounding; the streaming tests check it), with a
+    fraction of the per-call overhead that matters at 10-100 ms chunks.
+    TorchScript compiles it (see `FrameStep`). The weights are copies on the CPU, taken when
+    it is built.
+
+    Args:
+        model: the classifier (eval mode); its front end must be the `FrequencyCNN` layout
+            (conv, optional batch norm, activation, optional max pool, optional dropout).
+
+    Raises:
+        ValueError: the front end holds a module this path does not know.
+    """
+
+    conv_weight: list[Tensor]  # (C_in * k, C_out) each once built
+    conv_bias: list[Tensor]
+    conv_kernel: list[int]
+    conv_stride: list[int]
+    conv_padding: list[int]
+    pool_size: list[int]
+    pool_stride: list[int]
+    program: list[tuple[str, int]]  # (operation, index into its settings)
+
+    def __init__(self, model: SpeechClassifier) -> None:
+        super().__init__()
+        features: LogMelFeatures = model.features
+        self.n_fft, self.hop = features.n_fft, features.hop_length
+        # added to the mel energies by the mel product itself (addmm's bias)
+        self.register_buffer("log_floor", torch.full((features.n_mels,), features.log_floor))
+        self.register_buffer("window", features.window.detach().cpu().clone())
+        # (n_fft/2+1, F) -> (2 (n_fft/2+1), F), each row twice: the filterbank applied to
+        # interleaved (re^2, im^2) pairs sums them into the power without a separate op
+        fbanks = features.mel_fbanks.detach().cpu().repeat_interleave(2, dim=0)
+        self.register_buffer("mel_fbanks_re_im", fbanks)
+        dct = features.dct
+        self.register_buffer("dct", None if dct is None else dct.detach().cpu().clone())
+        scale, shift = _affine(model.input_norm, features.out_features)
+        self.register_buffer("norm_scale", scale.cpu())  # (F,)
+        self.register_buffer("norm_shift", shift.cpu())  # (F,)
+        self.conv_weight, self.conv_bias, self.conv_kernel = [], [], []
+        self.conv_stride, self.conv_padding = [], []
+        self.pool_size, self.pool_stride, self.program = [], [], []
+        self.activation = ""
+        for i, block in enumerate(model.frontend.layers):
+            for module in block:
+                self._add(f"{i}", module)
+        # (C_out, C_in, k) -> (C_in, k, C_out) -> (C_in * k, C_out): rows in the order of a
+        # frequency window's (C_in, k) values, as `forward` lays them out
+        self.conv_weight = [w.permute(1, 2, 0).reshape(-1, w.shape[0]) for w in self.conv_weight]
+        # A first convolution right after the input norm is an affine map of the features,
+        # (F,) -> (F' * C'): when small, one dense (F, F' * C') matrix is cheaper than the
+        # norm, padding and windows it replaces (their per-operation overhead dominates).
+        n_freq = features.out_features
+        self.first_dense = self.program[:1] == [("conv", 0)] and (
+            n_freq * self.conv_bias[0].shape[0] * n_freq <= MAX_DENSE_FIRST_LAYER
+        )
+        self.register_buffer("first_matrix", torch.zeros(0, 0))
+        self.register_buffer("first_bias", torch.zeros(0))
+        if self.first_dense:
+            normed_basis = torch.diag(self.norm_scale).unsqueeze(2)  # (F, F, 1): scale_f e_f
+            linear = self._conv(normed_basis, 0) - self.conv_bias[0]  # (F, F', C')
+            self.first_matrix = linear.flatten(1)  # (F, F', C') -> (F, F' * C')
+            offset = self._conv(self.norm_shift[None, :, None], 0)  # (1, F', C')
+            self.first_bias = offset.flatten()  # (1, F', C') -> (F' * C',)
+
+    def _add(self, name: str, module: nn.Module) -> None:
+        if isinstance(module, nn.Conv2d) and module.kernel_size[1] == 1:
+            weight = module.weight.detach().cpu()[..., 0]  # (C_out, C_in, k, 1) -> (C_out, C_in, k)
+            bias = module.bias
+            bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().cpu()
+            self.program.append(("conv", len(self.conv_weight)))
+            self.conv_weight.append(weight.clone())
+            self.conv_bias.append(bias.clone())
+            self.conv_kernel.append(module.kernel_size[0])
+            self.conv_stride.append(module.stride[0])
+            self.conv_padding.append(module.padding[0])
+        elif isinstance(module, nn.BatchNorm2d) and self.program[-1:] == [
+            ("conv", len(self.conv_weight) - 1)
+        ]:
+            # Folded into the convolution before it (exact in eval mode).
+            scale, shift = _affine(module, module.num_features)
+            self.conv_weight[-1] = self.conv_weight[-1] * scale.cpu()[:, None, None]
+            self.conv_bias[-1] = self.conv_bias[-1] * scale.cpu() + shift.cpu()
+        elif type(module) in ACTIVATIONS.values():
+            kind = next(k for k, v in ACTIVATIONS.items() if v is type(module))
+            if self.activation not in ("", kind):
+                raise ValueError(f"front-end layer {name}: mixed activations are unknown here")
+            self.activation = kind
+            self.program.append(("act", 0))
+        elif (
+            isinstance(module, nn.MaxPool2d)
+            and not module.ceil_mode
+            and module.padding in (0, (0, 0))
+        ):
+            size, stride = module.kernel_size, module.stride
+            self.program.append(("pool", len(self.pool_size)))
+            self.pool_size.append(size[0] if isinstance(size, tuple) else size)
+            self.pool_stride.append(stride[0] if isinstance(stride, tuple) else stride)
+        elif not isinstance(module, nn.Dropout):  # dropout is the identity in eval mode
+            raise ValueError(f"front-end layer {name} holds {type(module).__name__}, unknown here")
+
+    def forward(self, span: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and embeddings of every whole frame of a span of samples.
+
+        Args:
+            span: (S,) samples, S = (T - 1) * hop + n_fft.
+
+        Returns:
+            (T, F) features (before the input norm) and (T, D) frame embeddings.
+        """
+        features = self.featurize(span)
+        return features, self.embed(features)
+
+    def featurize(self, span: Tensor) -> Tensor:
+        """(S,) samples, S = (T - 1) * hop + n_fft -> (T, F) features (before the input norm)."""
+        frames = span.unfold(0, self.n_fft, self.hop) * self.window  # (T, n_fft)
+        spec = torch.fft.rfft(frames)  # (T, n_fft/2+1)
+        # (T, n_fft/2+1) complex -> (T, n_fft/2+1, 2) -> (T, 2 (n_fft/2+1)): re^2, im^2 pairs
+        squares = torch.view_as_real(spec).square().flatten(1)
+        features = torch.log(torch.addmm(self.log_floor, squares, self.mel_fbanks_re_im))
+        dct = self.dct
+        if dct is not None:
+            features = torch.matmul(features, dct)  # (T, F) @ (F, n_mfcc)
+        return features
+
+    def embed(self, features: Tensor) -> Tensor:
+        """(T, F) features -> (T, D) frame embeddings: the input norm and the front end."""
+        if self.first_dense:
+            # the input norm and the first convolution in one product (see __init__)
+            n_channels = self.conv_bias[0].shape[-1]
+            x = torch.addmm(self.first_bias, features, self.first_matrix)  # (T, F' * C')
+            x = x.view(x.shape[0], -1, n_channels)  # (T, F'*C') -> (T, F', C')
+            program = self.program[1:]
+        else:
+            x = torch.addcmul(self.norm_shift, features, self.norm_scale).unsqueeze(-1)  # (T, F, 1)
+            program = self.program
+        for op, i in program:
+            if op == "conv":
+                x = self._conv(x, i)
+            elif op == "pool":
+                # (T, F', C) -> windows (T, F'', C, p) -> (T, F'', C)
+                x = x.unfold(-2, self.pool_size[i], self.pool_stride[i]).amax(-1)
+            else:
+                x = _activate(x, self.activation)
+        # (T, F', C') -> (T, C', F') -> (T, C'*F'): the front end's (C', F') order
+        return x.transpose(-2, -1).flatten(-2)
+
+    def _conv(self, x: Tensor, i: int) -> Tensor:
+        """Convolution `i` of the front end over frequency: (T, F, C) -> (T, F', C')."""
+        pad = self.conv_padding[i]
+        # (T, F, C) -> (T, F + 2 pad, C) -> windows (T, F', C, k) -> (T * F', C * k)
+        if pad > 0:
+            zeros = x.new_zeros(x.shape[0], pad, x.shape[2])  # (T, pad, C)
+            x = torch.cat([zeros, x, zeros], 1)  # cheaper than F.pad here
+        windows = x.unfold(1, self.conv_kernel[i], self.conv_stride[i])
+        n_frames, n_freq = windows.shape[0], windows.shape[1]
+        windows = windows.reshape(n_frames * n_freq, -1)
+        x = torch.addmm(self.conv_bias[i], windows, self.conv_weight[i])
+        return x.view(n_frames, n_freq, -1)  # (T * F', C') -> (T, F', C')
+
+
+def compiled(module: nn.Module, *example: Tensor) -> nn.Module:
+    """`module` compiled by TorchScript and frozen, else compiled only, else `module` itself:
+    the first form that runs on `example` (all compute the same, with less interpreter
+    overhead in that order).
+
+    Freezing turns the module's settings and weights into constants, so the branches on them
+    (pooling, first-layer form, activation, the front end's program) are resolved once: a
+    step runs 3-9% faster at one frame per call. A frozen module cannot run everywhere (not
+    under `torch.jit.optimized_execution(False)`, for one), hence the trial run.
+    """
+    for form in _compiled_forms(module.eval()):
+        try:
+            with torch.inference_mode():
+                form(*example)
+            return form
+        except Exception:  # noqa: BLE001 (this form cannot run here: the next one is exact too)
+            continue
+    return module
+
+
+def _compiled_forms(module: nn.Module) -> list[nn.Module]:
+    """The frozen and the plain TorchScript forms of `module`, those that compile."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        try:
+            scripted = torch.jit.script(module)
+        except Exception:  # noqa: BLE001 (any compiler failure: eager is the same math)
+            return []
+        try:
+            return [torch.jit.freeze(scripted), scripted]
+        except Exception:  # noqa: BLE001 (freezing is an optimisation)
+            return [scripted]
+
+
+def _affine(norm: nn.Module, size: int) -> tuple[Tensor, Tensor]:
+    """(scale, shift) of an eval-mode batch norm (or identity) as fixed per-channel vectors."""
+    if isinstance(norm, nn.Identity):
+        return torch.ones(size), torch.zeros(size)
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.running_var is None:
+        raise ValueError(f"cannot fold {type(norm).__name__} into an affine map")
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    shift = -norm.running_mean * scale
+    if norm.affine:
+        shift = shift * norm.weight + norm.bias
+        scale = scale * norm.weight
+    return scale.detach(), shift.detach()
+
+
+class FrameStep(nn.Module):
+    """`SpeechClassifier.infer` for one stream, fused: samples -> features, posteriors, state.
+
+    `FrameBatchPath`, then the LSTM, the pooling's streaming form and the classifier on the
+    CPU, in one TorchScript call (`compiled`): at 10-20 ms chunks, the cost of a chunk is
+    mostly the per-operation overhead of the Python interpreter, not arithmetic. Chunks of up
+    to `max_step_frames` frames run the LSTM step by step with matrix-vector products
+    (nn.LSTM's oneDNN kernel reorders its weights on every call, which dwarfs one frame's
+    work); longer chunks call the same fused kernel as nn.LSTM. Both are the same recurrence:
+    results differ by float rounding only.
+
+    Args:
+        model: a float classifier in eval mode with a unidirectional `nn.LSTM` and a linear
+            classifier (see `usable`).
+        max_step_frames: longest chunk (in frames) run step by step.
+    """
+
+    w_stacked: list[Tensor]
+    bias: list[Tensor]
+    lstm_weights: list[Tensor]
+
+    def __init__(self, model: SpeechClassifier, max_step_frames: int = 4) -> None:
+        if not self.usable(model):
+            raise ValueError(
+                "FrameStep needs a float, unidirectional nn.LSTM and an nn.Linear classifier; "
+                "stream other models with SpeechClassifier.infer"
+            )
+        super().__init__()
+        lstm, classifier = model.head.lstm, model.head.classifier
+
+        def gate_order(w: Tensor) -> Tensor:
+            i, f, g, o = w.detach().cpu().chunk(4, 0)  # nn.LSTM's gate blocks
+            return torch.cat([i, f, o, g], 0)
+
+        layers = range(lstm.num_layers)
+        self.path = FrameBatchPath(model)
+        # Step form: the transposed input and hidden weights stacked, (D_l + H, 4H), with the
+        # gates reordered to (i, f, o, g) so that one sigmoid call covers three gates.
+        self.w_stacked = [
+            torch.cat(
+                [gate_order(getattr(lstm, f"weight_{kind}_l{k}")).T for kind in ("ih", "hh")]
+            ).contiguous()
+            for k in layers
+        ]
+        self.bias = [
+            gate_order(getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}"))
+            if lstm.bias
+            else torch.zeros(4 * lstm.hidden_size)
+            for k in layers
+        ]
+        self.lstm_weights = [w.detach().cpu().clone() for w in lstm._flat_weights]
+        self.lstm_bias = bool(lstm.bias)
+        self.num_layers = lstm.num_layers
+        self.hidden = lstm.hidden_size
+        self.max_step_frames = max_step_frames
+        self.register_buffer("classifier_weight", classifier.weight.detach().cpu().T.contiguous())
+        self.register_buffer("classifier_bias", classifier.bias.detach().cpu().clone())
+        # "mean" and "attention": one product gives each frame's score and logits, (H, 1 + K);
+        # "mean" scores every frame 0
+        self.pooling: str = model.head.pooling
+        hidden, attention = lstm.hidden_size, model.head.attention
+        if attention is None:
+            score_weight, score_bias = torch.zeros(hidden, 1), torch.zeros(1)
+        else:
+            score_weight = attention.weight.detach().cpu().T  # (1, H) -> (H, 1)
+            score_bias = attention.bias.detach().cpu()
+        weight, bias = classifier.weight.detach().cpu(), classifier.bias.detach().cpu()
+        self.register_buffer("pool_weight", torch.cat([score_weight, weight.T], 1))  # (H, 1 + K)
+        self.register_buffer("pool_bias", torch.cat([score_bias, bias]))
+        # LSTM outputs lie in (-1, 1), so the scores of any two frames differ by at most 2 |w|_1
+        score_range = 2 * float(score_weight.abs().sum())
+        self.pool_whole_chunk = score_range <= MAX_CHUNK_SCORE_RANGE
+
+    @staticmethod
+    def usable(model: SpeechClassifier) -> bool:
+        """A plain float LSTM (not quantized, no projection, batch first, one direction) and a
+        float linear classifier."""
+        lstm, classifier = model.head.lstm, model.head.classifier
+        return (
+            type(lstm) is nn.LSTM
+            and not lstm.bidirectional
+            and lstm.proj_size == 0
+            and lstm.batch_first
+            and lstm.weight_ih_l0.dtype == torch.float32
+            and type(classifier) is nn.Linear
+            and classifier.bias is not None
+        )
+
+    def forward(
+        self, span: Tensor, h: Tensor, c: Tensor, log_total: Tensor, pooled: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Features and posteriors of every whole frame of `span`, and the new stream state.
+
+        Args:
+            span: (S,) samples, S = (T - 1) * hop + n_fft.
+            h, c: (L, 1, H) LSTM state before the span's first frame.
+            log_total, pooled: (1, 1) and (1, K) pooling state (`LSTMHead.infer`; "mean" and
+                "attention" only, passed through by "last").
+
+        Returns:
+            (T, F) features, (T, K) posteriors, and the state after the last frame, in the
+            layout of `LSTMHead.infer`.
+        """
+        features, x = self.path(span)  # (T, F), (T, D)
+        if x.shape[0] > self.max_step_frames:
+            x, h, c = _lstm_sequence(x, h, c, self.lstm_weights, self.lstm_bias, self.num_layers)
+        else:
+            x, h, c = self._steps(x, h, c)
+        if self.pooling == "last":
+            logits = torch.addmm(self.classifier_bias, x, self.classifier_weight)  # (T, K)
+        else:
+            scored = torch.addmm(self.pool_bias, x, self.pool_weight)  # (T, 1 + K)
+            if x.shape[0] > self.max_step_frames and self.pool_whole_chunk:
+                logits, last, total = prefix_pool(
+                    scored[:, 0], scored[:, 1:], log_total[0], pooled[0]
+                )
+                pooled, log_total = last.unsqueeze(0), total.unsqueeze(0)  # (K,) -> (1, K)
+            else:  # a few frames: fewer operations one by one
+                rows: list[Tensor] = []
+                for t in range(x.shape[0]):
+                    # (1, 1) score and (1, K) logits of frame t
+                    pooled, log_total = pool_frame(
+                        scored[t : t + 1, :1], scored[t : t + 1, 1:], log_total, pooled
+                    )
+                    rows.append(pooled)
+                logits = rows[0] if len(rows) == 1 else torch.cat(rows, 0)  # T x (1, K) -> (T, K)
+        return features, logits.softmax(-1), h, c, log_total, pooled
+
+    def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The stacked LSTM frame by frame: (T, D), (L, 1, H), (L, 1, H) -> (T, H), (L, 1, H),
+        (L, 1, H)."""
+        hs = [h[layer] for layer in range(self.num_layers)]  # L x (1, H)
+        cs = [c[layer] for layer in range(self.num_layers)]
+        outputs: list[Tensor] = []
+        for t in range(x.shape[0]):
+            inputs = x[t : t + 1]  # (1, D)
+            for layer in range(self.num_layers):
+                # [x_t, h_{t-1}] @ [W_ih; W_hh]: one matrix-vector product per layer and frame
+                stacked = torch.cat([inputs, hs[layer]], 1)  # (1, D_l + H)
+                gates = torch.addmm(self.bias[layer], stacked, self.w_stacked[layer])  # (1, 4H)
+                hs[layer], cs[layer] = _lstm_cell(gates, cs[layer], self.hidden)  # (1, H)
+                inputs = hs[layer]
+            outputs.append(inputs)
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 0)
+        return output, torch.stack(hs, 0), torch.stack(cs, 0)  # L x (1, H) -> (L, 1, H)
+
+
+def _activate(x: Tensor, kind: str) -> Tensor:
+    """The front end's activation `kind` (a key of ACTIVATIONS)."""
+    if kind == "relu":
+        return torch.relu(x)
+    if kind == "gelu":
+        return F.gelu(x)
+    if kind == "silu":
+        return F.silu(x)
+    return F.elu(x)
+
+
+def _lstm_sequence(
+    x: Tensor, h: Tensor, c: Tensor, weights: list[Tensor], has_bias: bool, num_layers: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A chunk through nn.LSTM's fused kernel: (T, D) inputs and (L, 1, H) state -> (T, H)
+    outputs and the (L, 1, H) state after them."""
+    out = torch.lstm(
+        x.unsqueeze(0),  # (T, D) -> (1, T, D), one batch-first sequence
+        [h, c],
+        weights,
+        has_bias,
+        num_layers,
+        0.0,
+        False,
+        False,
+        True,
+    )
+    return out[0][0], out[1], out[2]  # (1, T, H) -> (T, H); (L, 1, H) each
+
+
+def _lstm_cell(gates: Tensor, c: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
+    """An LSTM cell's update from its (..., 4H) gates in (i, f, o, g) order and (..., H) cell
+    state: the new (..., H) h and c."""
+    ifo = torch.sigmoid(gates[..., : 3 * hidden])  # the three sigmoid gates at once
+    c = torch.addcmul(
+        ifo[..., hidden : 2 * hidden] * c, ifo[..., :hidden], torch.tanh(gates[..., 3 * hidden :])
+    )
+    return ifo[..., 2 * hidden :] * torch.tanh(c), c
+
+
+__all__ = ["FrameBatchPath", "FrameStep", "compiled", "prefix_pool"]
