@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ from jsonargparse import ArgumentParser
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
+from speechcnn.report import write_test_report
 from speechcnn.training import SpeechClassifierModule
 
 
@@ -68,6 +70,19 @@ class SpeechCNNCLI(LightningCLI):
             )
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.sample_rate", "model.sample_rate", apply_on="instantiate")
+
+    def after_test(self) -> None:
+        """`speechcnn test` writes what a recipe writes: metrics.json, report.json (per-class
+        precision and recall) and confusion.png, in the run's log folder."""
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        ckpt_path = self.config["test"].get("ckpt_path")
+        metrics = write_test_report(
+            self.model.test_confusion.compute(),
+            self.model.class_names,
+            run_dir,
+            {"tested_checkpoint": str(ckpt_path or "")},
+        )
+        print(json.dumps(metrics), flush=True)
 
 
 # Subcommands beyond Lightning's fit/validate/test/predict: name -> "module:function", where the

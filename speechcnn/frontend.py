@@ -27,7 +27,7 @@ from torch import Tensor, nn
 # benchmarks/layout_exactness.py shows they agree (float64: to 1e-13); in float32 rounding
 # can flip a max-pooling near-tie (on an H200 with TF32 off they agreed to 1.2e-6). Chosen by
 # benchmarks/train_throughput.py --cnn-layouts: fwd+bwd of the default's CNN, batch 1024 bf16
-# on an H200, nchw 15.5 ms, nhwc 6.8 ms, frames 28.5 ms (ninth session); batch 64 fp32 on a
+# on an H200, nchw 15.5 ms, nhwc 6.8 ms, frames 28.5 ms (docs/performance.md); batch 64 fp32 on a
 # 2-core CPU, nhwc 10-45% faster than nchw, frames slowest.
 CONV_LAYOUTS = ("nchw", "nhwc", "frames")
 CONV_LAYOUT: dict[str, str] = {"cpu": "nhwc", "cuda": "nhwc"}

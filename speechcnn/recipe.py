@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import yaml
 
 from speechcnn.cli import SpeechCNNCLI
-from speechcnn.report import classification_report, plot_confusion
+from speechcnn.report import write_test_report
 
 
 class EpochTimer(pl.Callback):
@@ -77,15 +77,8 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     tested = final if cli.config.test_checkpoint == "last" else (best or None)
     trainer.test(module, datamodule=data, ckpt_path=tested)
 
-    report = classification_report(module.test_confusion.compute(), module.class_names)
     run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {
-        "test_accuracy": round(report["accuracy"], 4),
-        "test_keyword_accuracy": round(report["keyword_accuracy"], 4)
-        if "keyword_accuracy" in report
-        else None,
-        "test_examples": report["num_examples"],
+    extra = {
         "parameters": module.num_parameters,
         "train_seconds": round(train_seconds, 1),
         "epochs": trainer.current_epoch,
@@ -95,10 +88,8 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
         "test_checkpoint": cli.config.test_checkpoint,
         "tested_checkpoint": tested or "",
         "best_checkpoint": best,
-        "run_dir": str(run_dir),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_confusion(module.test_confusion.compute(), module.class_names, run_dir / "confusion.png")
+    confusion = module.test_confusion.compute()
+    metrics = write_test_report(confusion, module.class_names, run_dir, extra)
     print(json.dumps(metrics), flush=True)
     return metrics

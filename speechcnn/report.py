@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -77,3 +78,27 @@ def plot_confusion(confusion: Tensor, class_names: list[str], path: str | Path) 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def write_test_report(
+    confusion: Tensor, class_names: list[str], run_dir: str | Path, extra: dict | None = None
+) -> dict:
+    """Write metrics.json, report.json (per-class precision and recall) and confusion.png of a
+    test run to `run_dir`; returns the metrics (test accuracy, keyword accuracy, examples, and
+    `extra`)."""
+    report = classification_report(confusion, class_names)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "test_accuracy": round(report["accuracy"], 4),
+        "test_keyword_accuracy": round(report["keyword_accuracy"], 4)
+        if "keyword_accuracy" in report
+        else None,
+        "test_examples": report["num_examples"],
+        **(extra or {}),
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_confusion(confusion, class_names, run_dir / "confusion.png")
+    return metrics

@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent(
 
 
     data = SpeechCommandsDataModule(root=root, batch_size=8, cache_dir=out + "/cache")
-    net = ClassifierConfig(cnn_channels=(8, 16), lstm_hidden=32, lstm_layers=1)
+    net = ClassifierConfig(cnn_channels=(8, 16), cnn_kernels=(5, 5), cnn_pools=(2, 2))
     module = SpeechClassifierModule(data.class_names, net=net, lr=1e-2, schedule="constant")
     record = Record()
     trainer = pl.Trainer(

@@ -12,7 +12,7 @@ from speechcnn.data.speech_commands import SpeechCommandsDataModule
 from speechcnn.model import ClassifierConfig
 from speechcnn.training import SpeechClassifierModule
 
-TINY = ClassifierConfig(cnn_channels=(4, 8), lstm_hidden=16, lstm_layers=1)
+TINY = ClassifierConfig(cnn_channels=(4, 8), cnn_kernels=(5, 5), cnn_pools=(2, 2), lstm_hidden=16)
 
 
 def clip_set(n=23, s=50):
