@@ -12,6 +12,15 @@ trained again into a new folder, and nothing is deleted. Prints one JSON line pe
 (parameters, multiply-accumulates per second of audio, mean and standard deviation of the
 12-class testing-split accuracy over the seeds, validation accuracy, training minutes), a
 Markdown table and, with --plot, a parameters-vs-accuracy plot.
+
+With --folds K the figure is speaker-disjoint cross-validation instead: every speaker of the
+data folder (its training, validation and testing clips alike) goes to one of K folds of about
+equal clip counts; fold k is tested on (its clips, with unknown words and silence built as the
+recipe builds them) after training on the other K - 1, of which a speaker-disjoint sixth of
+the clips is the validation split the recipe needs. The split lists of each fold are written
+to `<out-dir>/folds/`, and the runs are told them with `--data.split_lists`. Each
+configuration's line then gives the mean accuracy over folds (and seeds) and its standard
+error (the standard deviation over folds / sqrt(K)).
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from speechcnn.recipe import stacked_config
 
@@ -49,22 +60,74 @@ def merged_config(config: str) -> dict:
     return stacked_config([RECIPE] + ([layer] if layer else []))
 
 
-def fingerprint(config: str, seed: int, data_root: Path) -> str:
-    """What a run's result depends on: the merged settings, the seed and the data folder."""
+def fingerprint(config: str, seed: int, data_root: Path, fold: Path | None = None) -> str:
+    """What a run's result depends on: the merged settings, the seed, the data folder and,
+    in cross-validation, the fold's split lists."""
     settings = merged_config(config)
     settings["data"]["init_args"].pop("root", None)
-    key = json.dumps([settings, seed, str(data_root.resolve())], sort_keys=True)
+    lists = [] if fold is None else [(fold / n).read_text() for n in sorted(os.listdir(fold))]
+    key = json.dumps([settings, seed, str(data_root.resolve()), lists], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def speaker_of(relative_path: str) -> str:
+    """The speaker of a Speech Commands clip: its file name up to `_nohash_`."""
+    return Path(relative_path).name.split("_nohash_")[0]
+
+
+def speaker_folds(data_root: Path, folds: int, out_dir: Path, seed: int = 0) -> list[Path]:
+    """Write speaker-disjoint split lists for `folds` folds; returns each fold's folder.
+
+    Fold k's testing_list.txt holds every clip of its speakers; its validation_list.txt the
+    clips of speakers from the other folds that make up about a sixth of their clips (the
+    rest is training, as every clip in no list is).
+    """
+    clips: dict[str, list[str]] = {}
+    for folder in sorted(p for p in data_root.iterdir() if p.is_dir()):
+        if folder.name.startswith("_"):
+            continue  # _background_noise_: no speaker
+        for wav in sorted(folder.glob("*.wav")):
+            rel = f"{folder.name}/{wav.name}"
+            clips.setdefault(speaker_of(rel), []).append(rel)
+    speakers = sorted(clips)
+    if len(speakers) < folds:
+        raise ValueError(f"{data_root}: {len(speakers)} speakers cannot make {folds} folds")
+    order = np.random.default_rng(seed).permutation(len(speakers))
+    # largest first, each to the fold with the fewest clips: folds of about equal size
+    ranked = sorted((speakers[i] for i in order), key=lambda s: -len(clips[s]))
+    members: list[list[str]] = [[] for _ in range(folds)]
+    for speaker in ranked:
+        smallest = min(range(folds), key=lambda k: sum(len(clips[s]) for s in members[k]))
+        members[smallest].append(speaker)
+    paths = []
+    for k in range(folds):
+        rest = [speakers[i] for i in order if speakers[i] not in members[k]]
+        target = sum(len(clips[s]) for s in rest) / 6
+        val, size = [], 0
+        for speaker in rest:
+            if size >= target:
+                break
+            val.append(speaker)
+            size += len(clips[speaker])
+        fold_dir = out_dir / f"k{folds}-seed{seed}" / f"fold{k}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        for name, group in (("testing_list.txt", members[k]), ("validation_list.txt", val)):
+            lines = sorted(rel for s in group for rel in clips[s])
+            (fold_dir / name).write_text("\n".join(lines) + "\n")
+        paths.append(fold_dir)
+    return paths
 
 
 def row_name(config: str) -> str:
     return "recipe" if config == "recipe" else Path(config).stem
 
 
-def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train and test one configuration with one seed, or read back its finished run."""
-    stamp = fingerprint(config, seed, args.data_root)
-    run_dir = args.out_dir / row_name(config) / f"seed{seed}-{stamp}"
+def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace) -> dict:
+    """Train and test one configuration with one seed (on one fold's split lists, in
+    cross-validation), or read back its finished run."""
+    stamp = fingerprint(config, seed, args.data_root, fold)
+    where = "" if fold is None else f"{fold.parent.name}-{fold.name}-"
+    run_dir = args.out_dir / row_name(config) / f"{where}seed{seed}-{stamp}"
     result_file = run_dir / "result.json"
     if result_file.is_file() and not args.force:
         return json.loads(result_file.read_text())
@@ -78,6 +141,8 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
+    if fold is not None:
+        command += ["--data.split_lists", str(fold)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
     with open(run_dir / "train.log", "a") as log:
@@ -89,6 +154,7 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
     result = {
         "config": config,
         "seed": seed,
+        "fold": None if fold is None else fold.name,
         "fingerprint": stamp,
         "threads": args.threads,
         "wall_minutes": round((time.perf_counter() - start) / 60, 2),
@@ -121,13 +187,13 @@ def val_accuracy(checkpoint: str) -> float | None:
     return None
 
 
-def summarise(config: str, runs: list[dict]) -> dict:
+def summarise(config: str, runs: list[dict], folds: int | None = None) -> dict:
     accuracies = [r["test_accuracy"] for r in runs]
     vals = [r["val_accuracy"] for r in runs if r.get("val_accuracy") is not None]
-    return {
+    row = {
         "name": row_name(config),
         "config": config,
-        "seeds": [r["seed"] for r in runs],
+        "seeds": sorted({r["seed"] for r in runs}),
         "parameters": runs[0]["parameters"],
         "macs_per_second": runs[0]["macs_per_second"],
         "accuracy_mean": round(statistics.mean(accuracies), 4),
@@ -142,6 +208,17 @@ def summarise(config: str, runs: list[dict]) -> dict:
         "train_minutes_mean": round(statistics.mean(r["train_minutes"] for r in runs), 2),
         "threads": runs[0]["threads"],
     }
+    if folds:
+        # each fold's accuracy (its seeds averaged), then their spread over folds
+        per_fold = [
+            statistics.mean(r["test_accuracy"] for r in runs if r["fold"] == f"fold{k}")
+            for k in range(folds)
+        ]
+        row["folds"] = folds
+        row["fold_accuracies"] = [round(a, 4) for a in per_fold]
+        row["accuracy_mean"] = round(statistics.mean(per_fold), 4)
+        row["accuracy_stderr"] = round(statistics.stdev(per_fold) / folds**0.5, 4)
+    return row
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -150,8 +227,14 @@ def markdown_table(rows: list[dict]) -> str:
         "| keywords | validation | epochs | train min/seed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if rows and "folds" in rows[0]:
+        lines[0] = lines[0].replace(
+            "test acc. (mean ± std)", f"{rows[0]['folds']}-fold CV (± s.e.)"
+        )
     for r in rows:
-        if len(r["seeds"]) > 1:
+        if "folds" in r:
+            accuracy = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_stderr']:.2f}"
+        elif len(r["seeds"]) > 1:
             accuracy = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
         else:
             accuracy = f"{100 * r['accuracy_mean']:.2f} (seed {r['seeds'][0]} only)"
@@ -201,6 +284,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--table", type=Path, help="write the Markdown table here")
     parser.add_argument("--plot", type=Path, help="write the parameters-vs-accuracy PNG here")
     parser.add_argument("--force", action="store_true", help="retrain finished runs")
+    parser.add_argument(
+        "--folds", type=int, help="speaker-disjoint cross-validation with this many folds"
+    )
     args = parser.parse_args(argv)
     if not args.data_root.is_dir():
         parser.error(f"--data-root {args.data_root} is not a folder")
@@ -212,13 +298,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except FileNotFoundError as error:
             parser.error(str(error))
 
-    tasks = [(c, s) for c in args.configs for s in args.seeds]
+    if args.folds is not None and args.folds < 2:
+        parser.error(f"--folds must be at least 2, got {args.folds}")
+    folds: list[Path | None] = [None]
+    if args.folds:
+        folds = list(speaker_folds(args.data_root, args.folds, args.out_dir / "folds"))
+    tasks = [(c, s, f) for c in args.configs for f in folds for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda task: run_one(*task, args), tasks))
     rows = []
     for config in args.configs:
-        runs = [r for (c, _), r in zip(tasks, results, strict=True) if c == config]
-        rows.append(summarise(config, runs))
+        runs = [r for (c, _, _), r in zip(tasks, results, strict=True) if c == config]
+        rows.append(summarise(config, runs, args.folds))
         print(json.dumps(rows[-1]), flush=True)
     table = markdown_table(rows)
     print(table)

@@ -307,18 +307,49 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("model", help="a trained checkpoint (.ckpt)")
     parser.add_argument("audio", help="a recording (any format, rate, channel count)")
-    parser.add_argument("--threshold", type=float, default=defaults.threshold)
-    parser.add_argument("--smooth-s", type=float, default=defaults.smooth_s)
-    parser.add_argument("--refractory-s", type=float, default=defaults.refractory_s)
-    parser.add_argument("--mode", choices=MODES, default=defaults.mode)
-    parser.add_argument("--window-s", type=float, default=defaults.window_s)
-    parser.add_argument("--hop-s", type=float, default=defaults.hop_s)
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=defaults.threshold,
+        help="smoothed keyword posterior that makes a detection (default %(default)s)",
+    )
+    parser.add_argument(
+        "--smooth-s",
+        type=float,
+        default=defaults.smooth_s,
+        help="seconds of the causal moving average over the posteriors (default %(default)s)",
+    )
+    parser.add_argument(
+        "--refractory-s",
+        type=float,
+        default=defaults.refractory_s,
+        help="seconds after a detection in which a new one is ignored (default %(default)s)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=defaults.mode,
+        help="window: the classifier on sliding windows, any model; stream: the exact "
+        "streaming posteriors, for last-frame pooling (default %(default)s)",
+    )
+    parser.add_argument(
+        "--window-s",
+        type=float,
+        default=defaults.window_s,
+        help="window length, the training clip length (default %(default)s)",
+    )
+    parser.add_argument(
+        "--hop-s",
+        type=float,
+        default=defaults.hop_s,
+        help="seconds between windows in window mode (default %(default)s)",
+    )
     parser.add_argument(
         "--centre-s",
         type=float,
         default=defaults.centre_s,
         help="window mode: count a window only when its sound's energy centroid is within this "
-        "many seconds of its middle (0: every window)",
+        "many seconds of its middle (0: every window; default %(default)s)",
     )
     args = parser.parse_args(argv)
     try:

@@ -66,3 +66,27 @@ def test_trains_seeds_reuses_runs_and_reproduces(accuracy, speech_commands_root,
     tiny.write_text(TINY)
     fresh = accuracy.main([str(tiny), *common, "--seeds", "0", "--out-dir", str(tmp_path / "b")])
     assert fresh[0]["accuracies"] == row["accuracies"][:1]
+
+
+def test_speaker_folds_are_disjoint_and_cover_every_clip(accuracy, speech_commands_root, tmp_path):
+    folds = accuracy.speaker_folds(speech_commands_root, 3, tmp_path)
+    every_clip = {
+        f"{p.parent.name}/{p.name}"
+        for p in speech_commands_root.glob("*/*.wav")
+        if not p.parent.name.startswith("_")
+    }
+    tested = []
+    for fold in folds:
+        test = (fold / "testing_list.txt").read_text().split()
+        val = (fold / "validation_list.txt").read_text().split()
+        speakers = {accuracy.speaker_of(rel) for rel in test}
+        assert speakers.isdisjoint(accuracy.speaker_of(rel) for rel in val)
+        assert 0 < len(val) < len(every_clip) - len(test)  # some training clips remain
+        tested += test
+    assert sorted(tested) == sorted(every_clip)  # each clip tested once
+    sizes = [len((f / "testing_list.txt").read_text().split()) for f in folds]
+    assert max(sizes) - min(sizes) <= 1  # one clip per speaker here: folds of equal size
+    again = accuracy.speaker_folds(speech_commands_root, 3, tmp_path / "again")
+    assert [(f / "testing_list.txt").read_text() for f in again] == [
+        (f / "testing_list.txt").read_text() for f in folds
+    ]

@@ -75,6 +75,8 @@ def test_recipe_prints_and_writes_metrics(recipe_run):
     report = json.loads((folder / "report.json").read_text())
     assert set(report["per_class"]) >= {"yes", "_unknown_", "_silence_"}
     assert (folder / "confusion.png").stat().st_size > 1000
+    # with tensorboard installed (the tensorboard and dev extras), Lightning logs for it
+    assert list(folder.glob("events.out.tfevents.*"))
     assert Path(metrics["best_checkpoint"]).is_file()
     # what was tested: the weights after the last epoch
     assert metrics["test_checkpoint"] == "last"
