@@ -76,7 +76,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "classify": "speechcnn.classify:cli",
     "spot": "speechcnn.spotting:cli",
     "export": "speechcnn.export:cli",
-    "check-data": "speechcnn.data.check:main",
+    "check-data": "speechcnn.data.layouts:main",
 }
 
 
