@@ -407,6 +407,7 @@ def test_checkpoint(checkpoint: str, config: str, data_root: Path) -> dict:
     import torch
 
     from speechcnn.classify import batched_logits, load_classifier
+    from speechcnn.data.speech_commands import KEYWORDS
     from speechcnn.report import classification_report
 
     clips = testing_clips(config, data_root)
@@ -416,7 +417,7 @@ def test_checkpoint(checkpoint: str, config: str, data_root: Path) -> dict:
     k = len(loaded.class_names)
     # (N,) pairs -> (K, K) counts, rows the true class as torchmetrics' confusion matrix
     confusion = torch.bincount(clips.labels * k + predicted, minlength=k * k).view(k, k)
-    report = classification_report(confusion, loaded.class_names)
+    report = classification_report(confusion, loaded.class_names, KEYWORDS)
     return {
         "test_accuracy": round(report["accuracy"], 4),
         "test_keyword_accuracy": round(report["keyword_accuracy"], 4)

@@ -77,7 +77,8 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     tested = final if cli.config.test_checkpoint == "last" else (best or None)
     trainer.test(module, datamodule=data, ckpt_path=tested)
 
-    report = classification_report(module.test_confusion.compute(), module.class_names)
+    keywords = getattr(data, "keywords", ())
+    report = classification_report(module.test_confusion.compute(), module.class_names, keywords)
     run_dir = Path(trainer.log_dir or trainer.default_root_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics = {
