@@ -478,7 +478,7 @@ def run_tutorial(
     steps: int,
 ) -> dict:
     torch.manual_seed(0)
-    items, _ = data.split_items("train")
+    items = data.split_items("train")
     a = data.augment
     dataset = TutorialDataset(
         [(str(p), y) for p, y in items],

@@ -80,6 +80,7 @@ class SpeechCNNCLI(LightningCLI):
             self.model.test_confusion.compute(),
             self.model.class_names,
             run_dir,
+            getattr(self.datamodule, "keywords", ()),
             {"tested_checkpoint": str(ckpt_path or "")},
         )
         print(json.dumps(metrics), flush=True)
@@ -91,7 +92,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "classify": "speechcnn.classify:cli",
     "spot": "speechcnn.spotting:cli",
     "export": "speechcnn.export:cli",
-    "check-data": "speechcnn.data.check:main",
+    "check-data": "speechcnn.data.layouts:main",
 }
 
 

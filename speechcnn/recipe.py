@@ -90,6 +90,7 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
         "best_checkpoint": best,
     }
     confusion = module.test_confusion.compute()
-    metrics = write_test_report(confusion, module.class_names, run_dir, extra)
+    keywords = getattr(data, "keywords", ())
+    metrics = write_test_report(confusion, module.class_names, run_dir, keywords, extra)
     print(json.dumps(metrics), flush=True)
     return metrics

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from speechcnn.data.speech_commands import KEYWORDS
 
-
-def classification_report(confusion: Tensor, class_names: list[str]) -> dict:
+def classification_report(
+    confusion: Tensor, class_names: list[str], keywords: Sequence[str] = ()
+) -> dict:
     """Metrics from a (K, K) confusion matrix (rows: true class, columns: predicted class).
 
-    Returns accuracy, per-class precision/recall/support and, when the classes include the 10
-    Speech Commands keywords, `keyword_accuracy`: accuracy over clips whose true class is one.
+    Returns accuracy, per-class precision/recall/support and, when `keywords` are given and all
+    among the classes (e.g. a data module's `keywords`: Speech Commands' 10), `keyword_accuracy`:
+    accuracy over clips whose true class is a keyword.
     """
     confusion = confusion.detach().cpu().to(torch.float64)
     if confusion.shape != (len(class_names), len(class_names)):
@@ -30,8 +32,8 @@ def classification_report(confusion: Tensor, class_names: list[str]) -> dict:
         "accuracy": correct.sum().item() / total if total else float("nan"),
         "num_examples": int(total),
     }
-    keyword_ids = [class_names.index(k) for k in KEYWORDS if k in class_names]
-    if len(keyword_ids) == len(KEYWORDS):
+    keyword_ids = [class_names.index(k) for k in keywords if k in class_names]
+    if keyword_ids and len(keyword_ids) == len(keywords):
         kw_total = support[keyword_ids].sum().item()
         report["keyword_accuracy"] = (
             correct[keyword_ids].sum().item() / kw_total if kw_total else float("nan")
@@ -81,12 +83,16 @@ def plot_confusion(confusion: Tensor, class_names: list[str], path: str | Path) 
 
 
 def write_test_report(
-    confusion: Tensor, class_names: list[str], run_dir: str | Path, extra: dict | None = None
+    confusion: Tensor,
+    class_names: list[str],
+    run_dir: str | Path,
+    keywords: Sequence[str] = (),
+    extra: dict | None = None,
 ) -> dict:
     """Write metrics.json, report.json (per-class precision and recall) and confusion.png of a
-    test run to `run_dir`; returns the metrics (test accuracy, keyword accuracy, examples, and
-    `extra`)."""
-    report = classification_report(confusion, class_names)
+    test run to `run_dir`; returns the metrics (test accuracy, accuracy on `keywords`,
+    examples, and `extra`)."""
+    report = classification_report(confusion, class_names, keywords)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics = {

@@ -13,6 +13,8 @@ import soundfile as sf
 from speechcnn.data.speech_commands import ALL_WORDS, KEYWORDS
 
 UNKNOWN_WORDS = ("bed", "bird", "cat", "happy")
+WORDS = ("cat", "dog", "bird")  # the classes of make_class_folders
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def word_tone(word: str, sample_rate: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -81,4 +83,38 @@ def make_official_test_set(
         write_wav(root / "_unknown_" / f"{word}_{i:08x}_nohash_0.wav.wav", clip, sample_rate)
         silence = 0.05 * rng.standard_normal(sample_rate).astype(np.float32)
         write_wav(root / "_silence_" / f"silence_{i}.wav", silence, sample_rate)
+    return root
+
+
+def make_class_folders(root, per_class=10):
+    """Mixed formats: 8 kHz mono, 44.1 kHz stereo and 16 kHz FLAC, 0.3-1.2 s long."""
+    rng = np.random.default_rng(0)
+    for word in WORDS:
+        for i in range(per_class):
+            seconds = 0.3 + 0.1 * (i % 10)
+            if i % 3 == 0:
+                write_wav(
+                    root / word / f"{word}_{i}.wav", word_tone(word, 8000, seconds, rng), 8000
+                )
+            elif i % 3 == 1:
+                clip = word_tone(word, 44100, seconds, rng)
+                write_wav(root / word / "sub" / f"{word}_{i}.wav", np.stack([clip, clip], 1), 44100)
+            else:
+                write_wav(
+                    root / word / f"{word}_{i}.flac", word_tone(word, 16000, seconds, rng), 16000
+                )
+    (root / "cat" / "notes.txt").write_text("not audio")
+    return root
+
+
+def make_fsdd(root, speakers=("alice", "bob"), takes=12):
+    """`{digit}_{speaker}_{take}.wav` at 8 kHz, 0.25-0.6 s long, one tone pattern per digit."""
+    rng = np.random.default_rng(0)
+    for digit, word in enumerate(DIGIT_WORDS):
+        for speaker in speakers:
+            for take in range(takes):
+                seconds = rng.uniform(0.25, 0.6)
+                clip = word_tone(word, 8000, seconds, rng)
+                write_wav(root / f"{digit}_{speaker}_{take}.wav", clip, 8000)
+    (root / "README.txt").write_text("not a recording")
     return root

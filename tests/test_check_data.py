@@ -9,8 +9,8 @@ import soundfile as sf
 from fakes import make_speech_commands, word_tone, write_wav
 
 from speechcnn.data import check as check_module
-from speechcnn.data.check import check_speech_commands, main
-from speechcnn.data.speech_commands import SpeechCommandsDataModule
+from speechcnn.data.layouts import main
+from speechcnn.data.speech_commands import SpeechCommandsDataModule, check_speech_commands
 
 RATE = 16000
 

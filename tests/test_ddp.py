@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent(
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
         "loader": type(trainer.train_dataloader).__name__,
-        "shard": sampler._shard().tolist(),
+        "shard": torch.cat(list(sampler)).tolist(),
         "steps": trainer.global_step,
         "losses": record.losses,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()

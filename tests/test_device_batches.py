@@ -45,6 +45,33 @@ def test_evaluation_shards_cover_the_split_once():
     assert [len(list(s)) for s in samplers] == [len(s) for s in samplers]
 
 
+def test_length_buckets_cover_every_clip_once_and_group_similar_lengths():
+    lengths = torch.randint(100, 10000, (103,))
+    sampler = ShardedBatchSampler(103, 8, True, False, lengths=lengths, window=4)
+    first = [b.tolist() for b in sampler]
+    assert len(first) == len(sampler) == 13
+    assert sorted(i for batch in first for i in batch) == list(range(103))
+    sampler.set_epoch(1)
+    assert first != [b.tolist() for b in sampler]  # a new order every epoch
+    spread = sum(float(lengths[b].max() - lengths[b].min()) for b in first) / len(first)
+    assert spread < 0.5 * float(lengths.max() - lengths.min())
+    dropped = ShardedBatchSampler(103, 8, True, True, lengths=lengths, window=4)
+    assert len(list(dropped)) == len(dropped) == 12 and all(len(b) == 8 for b in dropped)
+    shards = [ShardedBatchSampler(103, 8, True, True, r, 2, lengths=lengths) for r in (0, 1)]
+    seen = [i for s in shards for b in s for i in b.tolist()]
+    assert len(seen) == len(set(seen)) == 96 and len(shards[0]) == len(shards[1]) == 6
+
+
+def test_trimmed_resident_batches_end_at_their_longest_clip():
+    clips = clip_set()
+    clips.lengths = torch.arange(1, 24) * 2  # 2 .. 46 of 50 samples
+    for shuffle in (True, False):
+        loader = make_loader(clips, 4, shuffle, "cpu", trim=True)
+        assert isinstance(loader, ResidentBatches)
+        for waveforms, lengths, _ in loader:
+            assert waveforms.shape == (len(lengths), int(lengths.max()))
+
+
 def test_resident_batches_are_index_selections():
     clips = clip_set()
     loader = ResidentBatches(clips, ShardedBatchSampler(len(clips), 5, False, False), "cpu")

@@ -204,15 +204,15 @@ def tar_folder(folder) -> bytes:
 def test_data_module_downloads_a_missing_root(server, tmp_path, monkeypatch):
     from fakes import make_official_test_set, make_speech_commands
 
-    from speechcnn.data import download
+    from speechcnn.data import speech_commands
     from speechcnn.data.speech_commands import SpeechCommandsDataModule
 
     monkeypatch.setenv("SPEECHCNN_CACHE_DIR", str(tmp_path / "cache"))
     train = tar_folder(make_speech_commands(tmp_path / "src" / "sc", clips_per_word=4))
     test = tar_folder(make_official_test_set(tmp_path / "src" / "test", clips_per_class=1))
     server.files.update({"/m/sc.tar.gz": train, "/m/test.tar.gz": test})
-    monkeypatch.setattr(download, "SPEECH_COMMANDS_SHA256", sha(train))
-    monkeypatch.setattr(download, "TEST_SET_SHA256", sha(test))
+    monkeypatch.setattr(speech_commands, "SPEECH_COMMANDS_SHA256", sha(train))
+    monkeypatch.setattr(speech_commands, "TEST_SET_SHA256", sha(test))
     root, test_root = tmp_path / "data" / "sc", tmp_path / "data" / "sc_test"
     data = SpeechCommandsDataModule(
         root=str(root),
@@ -233,7 +233,7 @@ def test_data_module_downloads_a_missing_root(server, tmp_path, monkeypatch):
 
 
 def test_download_refuses_to_overwrite_a_foreign_folder(server, tmp_path):
-    from speechcnn.data.download import ensure_speech_commands
+    from speechcnn.data.speech_commands import ensure_speech_commands
 
     (tmp_path / "sc").mkdir()
     (tmp_path / "sc" / "thesis.tex").write_text("precious")

@@ -3,37 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from fakes import word_tone, write_wav
+from fakes import WORDS, make_class_folders, word_tone, write_wav
 
-from speechcnn.data.folder import (
-    FolderDataError,
-    LabelledAudioDataModule,
-    collate_trimmed,
-    hash_split,
-)
-
-WORDS = ("cat", "dog", "bird")
-
-
-def make_class_folders(root, per_class=10):
-    """Mixed formats: 8 kHz mono, 44.1 kHz stereo and 16 kHz FLAC, 0.3-1.2 s long."""
-    rng = np.random.default_rng(0)
-    for word in WORDS:
-        for i in range(per_class):
-            seconds = 0.3 + 0.1 * (i % 10)
-            if i % 3 == 0:
-                write_wav(
-                    root / word / f"{word}_{i}.wav", word_tone(word, 8000, seconds, rng), 8000
-                )
-            elif i % 3 == 1:
-                clip = word_tone(word, 44100, seconds, rng)
-                write_wav(root / word / "sub" / f"{word}_{i}.wav", np.stack([clip, clip], 1), 44100)
-            else:
-                write_wav(
-                    root / word / f"{word}_{i}.flac", word_tone(word, 16000, seconds, rng), 16000
-                )
-    (root / "cat" / "notes.txt").write_text("not audio")
-    return root
+from speechcnn.data.clips import collate_trimmed
+from speechcnn.data.folder import FolderDataError, LabelledAudioDataModule, hash_split
 
 
 @pytest.fixture
@@ -152,18 +125,3 @@ def test_missing_folder_and_no_classes(tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(FolderDataError, match="no audio files"):
         LabelledAudioDataModule(str(tmp_path / "empty"))
-
-
-def test_length_buckets_cover_every_clip_once_and_group_similar_lengths():
-    from speechcnn.data.folder import LengthBucketSampler
-
-    lengths = torch.randint(100, 10000, (103,))
-    sampler = LengthBucketSampler(lengths, batch_size=8, drop_last=False, window=4)
-    first = list(sampler)
-    assert len(first) == len(sampler) == 13
-    assert sorted(i for batch in first for i in batch) == list(range(103))
-    assert first != list(sampler)  # a new order every epoch
-    spread = np.mean([float(lengths[b].max() - lengths[b].min()) for b in first])
-    assert spread < 0.5 * float(lengths.max() - lengths.min())
-    dropped = LengthBucketSampler(lengths, batch_size=8, drop_last=True, window=4)
-    assert len(list(dropped)) == len(dropped) == 12 and all(len(b) == 8 for b in dropped)

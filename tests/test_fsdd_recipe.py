@@ -3,27 +3,12 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from fakes import word_tone, write_wav
+from fakes import make_fsdd
 
 from speechcnn.data.fsdd import FSDDDataModule, parse_fsdd_name
 
 REPO = Path(__file__).resolve().parents[1]
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def make_fsdd(root, speakers=("alice", "bob"), takes=12):
-    """`{digit}_{speaker}_{take}.wav` at 8 kHz, 0.25-0.6 s long, one tone pattern per digit."""
-    rng = np.random.default_rng(0)
-    for digit, word in enumerate(DIGIT_WORDS):
-        for speaker in speakers:
-            for take in range(takes):
-                seconds = rng.uniform(0.25, 0.6)
-                clip = word_tone(word, 8000, seconds, rng)
-                write_wav(root / f"{digit}_{speaker}_{take}.wav", clip, 8000)
-    (root / "README.txt").write_text("not a recording")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +47,8 @@ def test_speaker_split(fsdd_root):
         FSDDDataModule(str(fsdd_root), split="speakers", test_speakers=["carol"])
     with pytest.raises(ValueError, match="split"):
         FSDDDataModule(str(fsdd_root), split="random")
+    with pytest.raises(ValueError, match="list.csv"):
+        FSDDDataModule(str(fsdd_root), manifest="list.csv")
 
 
 def test_recipe_trains_and_writes_metrics(fsdd_root, tmp_path):

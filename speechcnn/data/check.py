@@ -16,13 +16,11 @@ run the same check (cached) before decoding.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import struct
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -321,111 +319,3 @@ def check_items(
         except OSError as error:  # a read-only home or cache: the check still works, uncached
             log.warning("cannot write the data-check cache %s (%s)", cache_file, error)
     return report
-
-
-def check_speech_commands(
-    root: str | Path,
-    sample_rate: int = 16000,
-    clip_seconds: float = 1.0,
-    cache: bool = True,
-    cache_dir: str | Path | None = None,
-) -> CheckReport:
-    """Check a Speech Commands v0.02 folder: every word clip and both split lists.
-
-    Clips longer than 1.5 x clip_seconds are flagged as much longer than expected.
-    """
-    from speechcnn.data.speech_commands import index_speech_commands, read_split_list
-
-    root = Path(root)
-    splits = index_speech_commands(root)  # raises DataError naming what the layout lacks
-    lists = {
-        name: read_split_list(root / name) for name in ("validation_list.txt", "testing_list.txt")
-    }
-    present = {rel for split in splits.values() for rel, _ in split}
-    listed = lists["validation_list.txt"] | lists["testing_list.txt"]
-    items = [(root / rel, word, split) for split, rows in splits.items() for rel, word in rows]
-    return check_items(
-        items,
-        root,
-        sample_rate,
-        long_seconds=1.5 * clip_seconds,
-        missing_listed=sorted(listed - present),
-        split_overlap=sorted(lists["validation_list.txt"] & lists["testing_list.txt"]),
-        cache=cache,
-        cache_dir=cache_dir,
-    )
-
-
-def detect_layout(root: Path) -> str:
-    """speech_commands (split lists), fsdd (flat digit_speaker_take files) or folder."""
-    if (root / "validation_list.txt").is_file() or (root / "testing_list.txt").is_file():
-        return "speech_commands"
-    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
-        return "folder"
-    return "fsdd"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`speechcnn check-data ROOT`: print the summary table, write the JSON report.
-
-    Exits with status 1 when files are unusable or the split lists have problems.
-    """
-    parser = argparse.ArgumentParser(
-        prog="speechcnn check-data", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("root", help="data folder (or the base folder of --manifest paths)")
-    parser.add_argument(
-        "--layout", choices=("auto", "speech_commands", "folder", "fsdd"), default="auto"
-    )
-    parser.add_argument("--manifest", help="CSV manifest (path,label[,split]) for a folder")
-    parser.add_argument("--sample-rate", type=int, help="expected rate (default: by layout)")
-    parser.add_argument("--max-seconds", type=float, help="flag clips longer than this")
-    parser.add_argument("--report", default="check_data_report.json", help="JSON report path")
-    parser.add_argument("--no-cache", action="store_true", help="re-read every file")
-    parser.add_argument("--cache-dir", help=f"cache folder (default {cache_home()})")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    root = Path(args.root)
-    layout = "folder" if args.manifest else args.layout
-    if layout == "auto":
-        layout = detect_layout(root)
-    from speechcnn.data.folder import FolderDataError, LabelledAudioDataModule
-    from speechcnn.data.fsdd import FSDDDataModule
-    from speechcnn.data.speech_commands import DataError
-
-    try:
-        if layout == "speech_commands":
-            report = check_speech_commands(
-                root,
-                args.sample_rate or 16000,
-                clip_seconds=(args.max_seconds or 1.5) / 1.5,
-                cache=not args.no_cache,
-                cache_dir=args.cache_dir,
-            )
-        else:
-            kwargs = {"root": str(root), "check": False, "max_seconds": args.max_seconds}
-            if layout == "fsdd":
-                module = FSDDDataModule(sample_rate=args.sample_rate or 8000, **kwargs)
-            else:
-                module = LabelledAudioDataModule(
-                    manifest=args.manifest, sample_rate=args.sample_rate or 16000, **kwargs
-                )
-            items = [(i.path, i.label, module.split_of(i)) for i in module.items]
-            report = check_items(
-                items,
-                root,
-                module.sample_rate,
-                max_samples=module.max_samples,
-                cache=not args.no_cache,
-                cache_dir=args.cache_dir,
-            )
-    except (DataError, FolderDataError) as error:
-        sys.exit(f"check-data: {error}")
-    print(report.table())
-    print(f"JSON report: {report.write_json(args.report)}")
-    if not report.ok:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from speechcnn.data.audio import AudioError, fit_length, read_audio
 
@@ -81,14 +82,10 @@ def decode_clips(
     labels: list[int] = []
     paths: list[str] = []
     skipped: list[str] = []
-    for samples, label, path in iter_decoded(items, sample_rate, skipped):
+    for samples, label, path in chain(iter_decoded(items, sample_rate, skipped), extra):
         rows.append(samples)
         labels.append(label)
         paths.append(path)
-    for samples, label, name in extra:
-        rows.append(samples)
-        labels.append(label)
-        paths.append(name)
     lengths = [len(r) if num_samples is None else min(len(r), num_samples) for r in rows]
     width = num_samples if num_samples is not None else max(lengths, default=0)
     waveforms = np.zeros((len(rows), width), dtype=np.int16)
@@ -101,6 +98,12 @@ def decode_clips(
         paths=paths,
         skipped=skipped,
     )
+
+
+def collate_trimmed(batch: list[Batch]) -> Batch:
+    """Stack clips and drop the padding columns past the longest clip of this batch."""
+    waveforms, lengths, labels = default_collate(batch)
+    return waveforms[:, : int(lengths.max())], lengths, labels
 
 
 class ClipDataset(Dataset):
@@ -241,6 +244,11 @@ class ShardedBatchSampler:
     run the same number of steps); in evaluation each rank takes a contiguous chunk, no index
     is repeated or dropped, and the chunks cover the split.
 
+    With `lengths` (clips of differing lengths), each shuffled window of `batch_size * window`
+    clips of the shard is sorted by length before it is cut into batches, and the batches are
+    shuffled: a batch holds clips of similar length, so trimming it to its longest clip leaves
+    little padding. `drop_last` then drops the short last batch of each window.
+
     Lightning calls `set_epoch` at the start of every training epoch (it looks for a
     `sampler` attribute on the loader).
     """
@@ -254,9 +262,15 @@ class ShardedBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        lengths: Tensor | None = None,
+        window: int = 50,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if window <= 0:
+            raise ValueError(f"window must be positive, got {window}")
+        if lengths is not None and len(lengths) != size:
+            raise ValueError(f"lengths has {len(lengths)} entries for {size} clips")
         if not 0 <= rank < world_size:
             raise ValueError(
                 f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
@@ -264,41 +278,44 @@ class ShardedBatchSampler:
         self.size, self.batch_size = size, batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.lengths = lengths if shuffle else None  # evaluation keeps the split's order
+        self.window = window
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _shard(self) -> Tensor:
+    def _batches(self) -> list[Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.arange(self.size)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
         if self.drop_last:
             per_rank = self.size // self.world_size
-            return order[self.rank : per_rank * self.world_size : self.world_size]
-        bounds = [self.size * r // self.world_size for r in range(self.world_size + 1)]
-        return order[bounds[self.rank] : bounds[self.rank + 1]]
+            shard = order[self.rank : per_rank * self.world_size : self.world_size]
+        else:
+            start, stop = (self.size * r // self.world_size for r in (self.rank, self.rank + 1))
+            shard = order[start:stop]
+        # drop_last keeps a short final batch only when the shard holds no full batch at all.
+        drop, b = self.drop_last and len(shard) >= self.batch_size, self.batch_size
+        span = b * self.window if self.lengths is not None else max(len(shard), 1)
+        batches = []
+        for first in range(0, len(shard), span):
+            chunk = shard[first : first + span]
+            if self.lengths is not None:
+                chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches += [
+                chunk[i : i + b] for i in range(0, len(chunk), b) if not drop or i + b <= len(chunk)
+            ]
+        if self.lengths is not None:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return batches
 
     def __len__(self) -> int:
-        per_rank = (
-            self.size // self.world_size
-            if self.drop_last
-            else (self.size * (self.rank + 1) // self.world_size)
-            - (self.size * self.rank // self.world_size)
-        )
-        if self.drop_last and per_rank >= self.batch_size:
-            return per_rank // self.batch_size
-        return -(-per_rank // self.batch_size)
+        return len(self._batches())
 
     def __iter__(self):  # noqa: ANN204 (a generator of (B,) int64 index tensors)
-        shard = self._shard()
-        full = len(shard) // self.batch_size * self.batch_size
-        # drop_last keeps a short final batch only when the shard holds no full batch at all.
-        stop = full if self.drop_last and full > 0 else len(shard)
-        for start in range(0, stop, self.batch_size):
-            yield shard[start : start + self.batch_size]
+        yield from self._batches()
 
 
 class ResidentBatches:
@@ -308,15 +325,21 @@ class ResidentBatches:
     selection there: (B, S) int16 waveforms, (B,) lengths, (B,) labels, all on `device`. A
     plain iterable, not a DataLoader: Lightning passes it through unchanged (no
     DistributedSampler: `sampler` already shards per rank) and moving its batches is a no-op.
+    With `trim`, a batch drops the padding columns past its longest clip (as `collate_trimmed`).
     """
 
     def __init__(
-        self, clips: ClipSet, sampler: ShardedBatchSampler, device: torch.device | str
+        self,
+        clips: ClipSet,
+        sampler: ShardedBatchSampler,
+        device: torch.device | str,
+        trim: bool = False,
     ) -> None:
         if sampler.size != len(clips):
             raise ValueError(f"sampler covers {sampler.size} clips, the split has {len(clips)}")
         self.clips = clips
         self.sampler = sampler
+        self.trim = trim
         # Lightning reads these DataLoader attributes: `sampler` gets set_epoch, and there is
         # no separate batch sampler (the sampler yields whole index batches).
         self.batch_sampler = None
@@ -341,7 +364,8 @@ class ResidentBatches:
         waveforms, lengths, labels = self.tensors()
         for index in self.sampler:
             index = index.to(self.device, non_blocking=True)
-            yield waveforms[index], lengths[index], labels[index]
+            width = int(lengths[index].max()) if self.trim and len(index) else waveforms.shape[1]
+            yield waveforms[index, :width], lengths[index], labels[index]
 
 
 def split_nbytes(clips: ClipSet) -> int:
@@ -375,6 +399,7 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     name: str = "split",
+    trim: bool = False,
 ) -> ResidentBatches | DataLoader:
     """A loader for one split: device-resident batches when the split fits, else a DataLoader.
 
@@ -390,6 +415,8 @@ def make_loader(
         seed: shuffling seed of resident batches.
         num_workers: DataLoader workers (the DataLoader path only).
         name: the split's name for the log line.
+        trim: clips of differing lengths: training batches group similar lengths (see
+            `ShardedBatchSampler`) and every batch is cut to its longest clip.
     """
     device = torch.device(device)
     nbytes = split_nbytes(clips)
@@ -404,11 +431,13 @@ def make_loader(
             why,
             "" if resident is None else "; forced by resident=True",
         )
-        drop_last = shuffle
+    if use_resident or trim:
         sampler = ShardedBatchSampler(
-            len(clips), batch_size, shuffle, drop_last, rank, world_size, seed
-        )
-        return ResidentBatches(clips, sampler, device)
+            len(clips), batch_size, shuffle, shuffle, rank, world_size, seed,
+            lengths=clips.lengths if trim else None,
+        )  # fmt: skip
+    if use_resident:
+        return ResidentBatches(clips, sampler, device, trim=trim)
     log.info(
         "%s: %d clips through a per-item DataLoader with %d workers (%s)",
         name,
@@ -416,12 +445,15 @@ def make_loader(
         num_workers,
         "forced by resident=False" if resident is False else f"does not fit: {why}",
     )
+    if trim:
+        batching = {"batch_sampler": sampler, "collate_fn": collate_trimmed}
+    else:
+        batching = {"batch_size": batch_size, "shuffle": shuffle,
+                    "drop_last": shuffle and len(clips) > batch_size}  # fmt: skip
     return DataLoader(
         ClipDataset(clips),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle and len(clips) > batch_size,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=device.type == "cuda",
+        **batching,
     )

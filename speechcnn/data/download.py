@@ -25,12 +25,6 @@ from pathlib import Path, PurePosixPath
 
 log = logging.getLogger(__name__)
 
-SPEECH_COMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
-SPEECH_COMMANDS_SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"
-SPEECH_COMMANDS_BYTES = 2_428_923_189
-TEST_SET_URL = "http://download.tensorflow.org/data/speech_commands_test_set_v0.02.tar.gz"
-TEST_SET_SHA256 = "cc2a00c1147c2254e9be3fa0f779d8c17421dc349b86366567a8edfa9acd51df"
-TEST_SET_BYTES = 112_563_277
 CHUNK = 1 << 20
 
 
@@ -244,44 +238,3 @@ def fetch_and_extract(
     if not keep_archive:
         archive.unlink()
     return target
-
-
-def ensure_speech_commands(
-    root: str | Path,
-    url: str = SPEECH_COMMANDS_URL,
-    test_root: str | Path | None = None,
-    test_url: str = TEST_SET_URL,
-    show_progress: bool = True,
-) -> None:
-    """Download and extract Speech Commands v0.02 into `root` (and the official 12-class test
-    set into `test_root`) unless a valid folder is already there.
-
-    Raises:
-        DownloadError: the download or extraction failed, or `root` exists, is not empty and is
-            not a v0.02 folder (it is never overwritten).
-    """
-    from speechcnn.data.speech_commands import (
-        DataError,
-        class_names,
-        index_speech_commands,
-        official_test_items,
-    )
-
-    # The checksums are looked up at call time, so a test can serve its own small archives.
-    jobs = [(Path(root), url, SPEECH_COMMANDS_SHA256, index_speech_commands)]
-    if test_root is not None:
-        names = class_names("12")
-        jobs.append((Path(test_root), test_url, TEST_SET_SHA256,
-                     lambda p: official_test_items(p, names)))  # fmt: skip
-    for target, source, sha256, validate in jobs:
-        try:
-            validate(target)
-            continue  # already there and in the expected layout
-        except DataError as error:
-            if target.is_dir() and any(target.iterdir()):
-                raise DownloadError(
-                    f"{target} exists but is not usable ({error}); not downloading over it: "
-                    "move it away, or point the data root elsewhere"
-                ) from error
-        fetch_and_extract(source, target, sha256, show_progress=show_progress)
-        validate(target)  # a mirror with another layout fails here, naming what is missing

@@ -15,17 +15,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
-import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, default_collate
+import numpy as np
 
-from speechcnn.data.clips import Batch, BatchAugment, ClipDataset, ClipSet, decode_clips, to_float
-
-if TYPE_CHECKING:  # the check module imports this one at run time
-    from speechcnn.data.check import CheckReport
+from speechcnn.data.base import ClipDataModule, Items
+from speechcnn.data.check import CheckReport, check_items
+from speechcnn.data.clips import iter_decoded
 
 log = logging.getLogger(__name__)
 
@@ -121,66 +116,7 @@ def hash_split(key: str, val_percent: float, test_percent: float) -> str:
     return "train"
 
 
-class LengthBucketSampler(Sampler[list[int]]):
-    """Shuffled batches of clips of similar length, so little of a batch is padding.
-
-    Each epoch shuffles the clips, sorts each window of `batch_size * window` clips by length,
-    cuts it into batches and shuffles the batches.
-
-    Args:
-        lengths: (N,) valid samples per clip.
-        batch_size: clips per batch.
-        drop_last: leave out a last, smaller batch of each window.
-        window: batches per sorted window (1: plain shuffled batches).
-        seed: base seed; the epoch counter is added so every epoch differs.
-    """
-
-    def __init__(
-        self, lengths: Tensor, batch_size: int, drop_last: bool, window: int = 50, seed: int = 0
-    ) -> None:
-        if batch_size <= 0 or window <= 0:
-            raise ValueError(f"batch_size and window must be positive, got {batch_size}, {window}")
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.window = window
-        self.seed = seed
-        self.epoch = 0
-
-    def _batches(self) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator)
-        span = self.batch_size * self.window
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = order[start : start + span]
-            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
-            for b in range(0, len(chunk), self.batch_size):
-                batch = chunk[b : b + self.batch_size].tolist()
-                if len(batch) == self.batch_size or not self.drop_last:
-                    batches.append(batch)
-        shuffle = torch.randperm(len(batches), generator=generator).tolist()
-        return [batches[i] for i in shuffle]
-
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size * self.window)
-        per_window = self.window
-        tail = rest // self.batch_size + (0 if self.drop_last or rest % self.batch_size == 0 else 1)
-        return full * per_window + tail
-
-    def __iter__(self):  # noqa: ANN204 (a generator of index lists)
-        batches = self._batches()
-        self.epoch += 1
-        yield from batches
-
-
-def collate_trimmed(batch: list[Batch]) -> Batch:
-    """Stack clips and drop the padding columns past the longest clip of this batch."""
-    waveforms, lengths, labels = default_collate(batch)
-    return waveforms[:, : int(lengths.max())], lengths, labels
-
-
-class LabelledAudioDataModule(pl.LightningDataModule):
+class LabelledAudioDataModule(ClipDataModule):
     """Labelled audio from class sub-folders or a CSV manifest, at any rate and length.
 
     Args:
@@ -188,18 +124,21 @@ class LabelledAudioDataModule(pl.LightningDataModule):
         manifest: CSV file with columns path,label[,split]; replaces the folder scan.
         classes: class names in label order (default: the sorted labels found); files of
             other labels are left out.
-        sample_rate: sample rate the model sees; other rates are resampled.
         max_seconds: longer clips are cut to this length (None: keep every clip whole).
         min_seconds: shorter clips are zero-padded to this length, so every clip gives frames.
         val_percent: share of files (or groups) for validation when no split is given.
         test_percent: share of files (or groups) for testing when no split is given.
         group_pattern: regular expression on the file name whose first group (or whole match)
             is hashed instead of the path, so e.g. one speaker's files share a split.
-        batch_size: clips per batch.
-        num_workers: DataLoader workers (clips are decoded in memory: 0 is fastest).
-        time_shift_ms: maximum random time shift in training (0: none).
-        check: run the data check (cached) before decoding and leave out unusable files.
+        noise_dir: a folder of background-noise recordings (any audio format) to mix into
+            training clips (None: no noise mixing).
+        sample_rate, batch_size, num_workers, time_shift_ms, noise_prob, noise_volume,
+            speed_perturb, gain_db, seed, cache, cache_dir, resident, check: as
+            `ClipDataModule`'s.
     """
+
+    name = "folder"
+    data_error = FolderDataError
 
     def __init__(
         self,
@@ -215,13 +154,19 @@ class LabelledAudioDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         time_shift_ms: float = 0.0,
+        noise_dir: str | None = None,
+        noise_prob: float = 0.8,
+        noise_volume: float = 0.1,
+        speed_perturb: float = 0.0,
+        gain_db: float = 0.0,
+        seed: int = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        resident: bool | None = None,
         check: bool = True,
     ) -> None:
-        super().__init__()
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
         if min_seconds < 0:
@@ -233,26 +178,25 @@ class LabelledAudioDataModule(pl.LightningDataModule):
             )
         self.root = Path(root)
         self.manifest = manifest
-        self.sample_rate = sample_rate
-        self.max_samples = None if max_seconds is None else round(max_seconds * sample_rate)
-        self.min_samples = round(min_seconds * sample_rate)
         self.val_percent = val_percent
         self.test_percent = test_percent
         self.group_pattern = re.compile(group_pattern) if group_pattern else None
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.check = check
-        self.augment = BatchAugment(
-            shift_samples=round(sample_rate * time_shift_ms / 1000), noise_prob=0.0
-        )
+        self.noise_dir = noise_dir
         self.items = self.index()
         found = sorted({item.label for item in self.items})
-        self.class_names = list(classes) if classes is not None else found
-        if len(self.class_names) < 2:
+        names = list(classes) if classes is not None else found
+        if len(names) < 2:
             raise FolderDataError(f"{self.root}: need at least 2 classes, found {found}")
-        self.num_classes = len(self.class_names)
-        self.clips: dict[str, ClipSet] = {}
-        self.check_report: CheckReport | None = None
+        super().__init__(
+            root, names, sample_rate, None,
+            max_samples=None if max_seconds is None else round(max_seconds * sample_rate),
+            min_samples=round(min_seconds * sample_rate), batch_size=batch_size,
+            num_workers=num_workers, time_shift_ms=time_shift_ms, noise_prob=noise_prob,
+            noise_volume=noise_volume, speed_perturb=speed_perturb, gain_db=gain_db, seed=seed,
+            cache=cache, cache_dir=cache_dir, resident=resident, check=check,
+        )  # fmt: skip
+        if manifest is not None:
+            self.name = f"folder-{Path(manifest).stem}"
 
     def index(self) -> list[Item]:
         """Every labelled file (subclasses override this for other layouts)."""
@@ -279,7 +223,7 @@ class LabelledAudioDataModule(pl.LightningDataModule):
             return name
         return match.group(1) if match.groups() else match.group(0)
 
-    def split_items(self, split: str) -> list[tuple[Path, int]]:
+    def split_items(self, split: str) -> Items:
         """(path, label) of a split's files, leaving out labels outside `class_names`."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -290,89 +234,20 @@ class LabelledAudioDataModule(pl.LightningDataModule):
             if item.label in label_of and self.split_of(item) == split
         ]
 
-    def run_check(self) -> None:
-        """Check every file once (cached), log the summary and remember the unusable files."""
-        from speechcnn.data.check import check_items  # here: the check imports this module
+    def noise(self) -> list[np.ndarray]:
+        """The recordings of `noise_dir` (none without it)."""
+        if self.noise_dir is None:
+            return []
+        paths = sorted(Path(self.noise_dir).rglob("*"))
+        files = [(p, 0) for p in paths if p.suffix.lower() in AUDIO_SUFFIXES]
+        noise = [samples for samples, _, _ in iter_decoded(files, self.sample_rate, skipped=[])]
+        if not noise:
+            raise FolderDataError(f"noise_dir {self.noise_dir} holds no readable recordings")
+        return noise
 
+    def data_check(self, cache: bool = True) -> CheckReport:
         items = [(item.path, item.label, self.split_of(item)) for item in self.items]
-        self.check_report = check_items(
-            items, self.root, self.sample_rate, max_samples=self.max_samples
-        )
-        self.check_report.log_summary()
-
-    def _load(self, split: str) -> ClipSet:
-        if split in self.clips:
-            return self.clips[split]
-        items = self.split_items(split)
-        if self.check and self.check_report is None:
-            self.run_check()
-        skipped = []
-        if self.check_report is not None:
-            skipped = self.check_report.unusable_in([str(p) for p, _ in items])
-            unusable = self.check_report.unusable_paths()
-            items = [(p, label) for p, label in items if str(p) not in unusable]
-        clips = self._fit(decode_clips(items, self.sample_rate, None))
-        clips.skipped = skipped + list(clips.skipped)
-        if len(clips) == 0:
-            raise FolderDataError(f"no usable clips in the {split} split of {self.root}")
-        counts = torch.bincount(clips.labels, minlength=self.num_classes).tolist()
-        log.info("%s: %d clips, per class %s", split, len(clips), counts)
-        self.clips[split] = clips
-        return clips
-
-    def _fit(self, clips: ClipSet) -> ClipSet:
-        """Cut clips longer than max_samples; count clips shorter than min_samples as padded."""
-        if self.max_samples is not None and clips.waveforms.shape[1] > self.max_samples:
-            clips.waveforms = clips.waveforms[:, : self.max_samples].contiguous()
-            clips.lengths = clips.lengths.clamp(max=self.max_samples)
-        if clips.waveforms.shape[1] < self.min_samples:
-            pad = self.min_samples - clips.waveforms.shape[1]
-            clips.waveforms = torch.nn.functional.pad(clips.waveforms, (0, pad))
-        clips.lengths = clips.lengths.clamp(min=self.min_samples)
-        return clips
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self._load("train")
-        if stage in (None, "fit", "validate"):
-            self._load("val")
-        if stage in (None, "test", "predict"):
-            self._load("test")
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        clips = self._load(split)
-        if shuffle:
-            # Similar lengths per batch: padding to the longest clip costs little compute.
-            sampler = LengthBucketSampler(
-                clips.lengths, self.batch_size, drop_last=len(clips) > self.batch_size
-            )
-            options = {"batch_sampler": sampler}
-        else:
-            options = {"batch_size": self.batch_size, "shuffle": False}
-        return DataLoader(
-            ClipDataset(clips),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_trimmed,
-            **options,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Float conversion, and in training the time shift, on the batch's device."""
-        waveforms, lengths, labels = batch
-        waveforms = to_float(waveforms)
-        if self.trainer is not None and self.trainer.training and self.augment.shift_samples:
-            waveforms = self.augment.to(waveforms.device)(waveforms, lengths)
-        return waveforms, lengths, labels
+        return check_items(
+            items, self.root, self.sample_rate, max_samples=self.max_samples, cache=cache,
+            cache_dir=self.cache_dir,
+        )  # fmt: skip

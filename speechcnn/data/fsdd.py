@@ -40,8 +40,10 @@ class FSDDDataModule(LabelledAudioDataModule):
         test_speakers: with split="speakers", the speakers of the test set.
         sample_rate: sample rate the model sees (the recordings are 8 kHz).
         **kwargs: the other `LabelledAudioDataModule` arguments (batch_size, max_seconds,
-            time_shift_ms, ...).
+            time_shift_ms, noise_dir, cache_dir, resident, ...).
     """
+
+    name = "fsdd"
 
     def __init__(
         self,
@@ -50,31 +52,23 @@ class FSDDDataModule(LabelledAudioDataModule):
         val_takes: int = 5,
         test_speakers: list[str] | None = None,
         sample_rate: int = 8000,
-        max_seconds: float | None = None,
-        min_seconds: float = 0.1,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        time_shift_ms: float = 0.0,
-        check: bool = True,
+        **kwargs: object,
     ) -> None:
         if split not in FSDD_SPLITS:
             raise ValueError(f"split must be one of {FSDD_SPLITS}, got {split!r}")
         if not 0 < val_takes < 45:
             raise ValueError(f"val_takes must be in 1..44, got {val_takes}")
+        if kwargs.get("manifest") or kwargs.get("group_pattern"):
+            raise ValueError(
+                f"FSDD's labels and splits come from its file names: manifest "
+                f"{kwargs.get('manifest')!r} and group_pattern {kwargs.get('group_pattern')!r} "
+                "do not apply"
+            )
         self.split = split
         self.val_takes = val_takes
         self.test_speakers = list(test_speakers) if test_speakers is not None else ["george"]
-        super().__init__(
-            root=root,
-            classes=DIGITS,
-            sample_rate=sample_rate,
-            max_seconds=max_seconds,
-            min_seconds=min_seconds,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            time_shift_ms=time_shift_ms,
-            check=check,
-        )
+        super().__init__(root=root, classes=DIGITS, sample_rate=sample_rate, **kwargs)
+        self.name = f"fsdd-{split}"
         if split == "speakers":
             speakers = {parse_fsdd_name(i.path.name)[1] for i in self.items}
             if unknown := sorted(set(self.test_speakers) - speakers):

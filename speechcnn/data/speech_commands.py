@@ -6,24 +6,20 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader
 
-from speechcnn.data.audio import AudioError, read_audio
-from speechcnn.data.clips import (
-    Batch,
-    BatchAugment,
-    ClipSet,
-    ResidentBatches,
-    decode_clips,
-    make_loader,
-    to_float,
-)
-from speechcnn.data.download import SPEECH_COMMANDS_URL, TEST_SET_URL
-from speechcnn.data.store import cached_clips, default_cache_dir
+from speechcnn.data.base import ClipDataModule, Extra, Items
+from speechcnn.data.check import CheckReport, check_items
+from speechcnn.data.clips import iter_decoded
+from speechcnn.data.download import DownloadError, fetch_and_extract
 
 log = logging.getLogger(__name__)
+
+SPEECH_COMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
+SPEECH_COMMANDS_SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"
+SPEECH_COMMANDS_BYTES = 2_428_923_189
+TEST_SET_URL = "http://download.tensorflow.org/data/speech_commands_test_set_v0.02.tar.gz"
+TEST_SET_SHA256 = "cc2a00c1147c2254e9be3fa0f779d8c17421dc349b86366567a8edfa9acd51df"
+TEST_SET_BYTES = 112_563_277
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
@@ -109,12 +105,8 @@ def read_noise(root: str | Path, sample_rate: int) -> list[np.ndarray]:
         raise DataError(
             f"{folder} does not exist: the 12-class task cuts _silence_ from it. {GET_DATA}"
         )
-    noise = []
-    for wav in sorted(folder.glob("*.wav")):
-        try:
-            noise.append(read_audio(wav, sample_rate))
-        except AudioError as error:
-            log.warning("skipping noise file: %s", error)
+    wavs = [(wav, 0) for wav in sorted(folder.glob("*.wav"))]
+    noise = [samples for samples, _, _ in iter_decoded(wavs, sample_rate, skipped=[])]
     if not noise:
         raise DataError(f"{folder} holds no readable .wav recordings. {GET_DATA}")
     return noise
@@ -150,7 +142,72 @@ def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[P
     return items
 
 
-class SpeechCommandsDataModule(pl.LightningDataModule):
+def check_speech_commands(
+    root: str | Path,
+    sample_rate: int = 16000,
+    clip_seconds: float = 1.0,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> CheckReport:
+    """Check a Speech Commands v0.02 folder: every word clip and both split lists.
+
+    Clips longer than 1.5 x clip_seconds are flagged as much longer than expected.
+    """
+    root = Path(root)
+    splits = index_speech_commands(root)  # raises DataError naming what the layout lacks
+    lists = {
+        name: read_split_list(root / name) for name in ("validation_list.txt", "testing_list.txt")
+    }
+    present = {rel for split in splits.values() for rel, _ in split}
+    listed = lists["validation_list.txt"] | lists["testing_list.txt"]
+    items = [(root / rel, word, split) for split, rows in splits.items() for rel, word in rows]
+    return check_items(
+        items,
+        root,
+        sample_rate,
+        long_seconds=1.5 * clip_seconds,
+        missing_listed=sorted(listed - present),
+        split_overlap=sorted(lists["validation_list.txt"] & lists["testing_list.txt"]),
+        cache=cache,
+        cache_dir=cache_dir,
+    )
+
+
+def ensure_speech_commands(
+    root: str | Path,
+    url: str = SPEECH_COMMANDS_URL,
+    test_root: str | Path | None = None,
+    test_url: str = TEST_SET_URL,
+    show_progress: bool = True,
+) -> None:
+    """Download and extract Speech Commands v0.02 into `root` (and the official 12-class test
+    set into `test_root`) unless a valid folder is already there.
+
+    Raises:
+        DownloadError: the download or extraction failed, or `root` exists, is not empty and is
+            not a v0.02 folder (it is never overwritten).
+    """
+    # The checksums are looked up at call time, so a test can serve its own small archives.
+    jobs = [(Path(root), url, SPEECH_COMMANDS_SHA256, index_speech_commands)]
+    if test_root is not None:
+        names = class_names("12")
+        jobs.append((Path(test_root), test_url, TEST_SET_SHA256,
+                     lambda p: official_test_items(p, names)))  # fmt: skip
+    for target, source, sha256, validate in jobs:
+        try:
+            validate(target)
+            continue  # already there and in the expected layout
+        except DataError as error:
+            if target.is_dir() and any(target.iterdir()):
+                raise DownloadError(
+                    f"{target} exists but is not usable ({error}); not downloading over it: "
+                    "move it away, or point the data root elsewhere"
+                ) from error
+        fetch_and_extract(source, target, sha256, show_progress=show_progress)
+        validate(target)  # a mirror with another layout fails here, naming what is missing
+
+
+class SpeechCommandsDataModule(ClipDataModule):
     """Speech Commands v0.02 for the 12- or 35-class task.
 
     12 classes: the 10 keywords, `_unknown_` (every other word, subsampled to about the size of
@@ -163,32 +220,20 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         task: "12" or "35".
         test_root: a folder in the official 12-class test-set layout to test on instead of
             the testing split.
-        sample_rate: sample rate the model sees (clips at other rates are resampled).
         clip_seconds: clip length.
-        batch_size: clips per batch.
-        num_workers: DataLoader workers (clips are already decoded in memory: 0 is fastest).
-        time_shift_ms: maximum random time shift in training.
-        noise_prob: probability of mixing background noise into a training clip.
-        noise_volume: maximum background-noise gain in training.
-        speed_perturb: maximum relative speed change in training: each clip is played at a
-            rate drawn from [1 - speed_perturb, 1 + speed_perturb] (0: off).
-        gain_db: maximum level change of a training clip in dB, before noise (0: off).
         seed: seed of the unknown subsampling and the silence clips (and of the order of
             device-resident training batches).
-        cache: decode every clip once into the waveform store (speechcnn.data.store) and
-            memory-map it on later runs; a changed data set is re-cached.
-        cache_dir: where the store lives (None: `<root>/.speechcnn_cache` when the root is
-            writable, else `~/.cache/speechcnn/...`).
-        resident: keep each split on the training device and select batches there (True),
-            use the per-item DataLoader (False), or choose by free device memory (None).
         download: fetch and extract the data set into `root` (and the official test set into
             `test_root`) when that folder is missing; a valid folder is used as it is.
         url: where speech_commands_v0.02.tar.gz is fetched from (a mirror works: the file is
             checked against the published sha256).
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
-        check: run the data check (cached; see `speechcnn check-data`) before decoding, and
-            leave out the files it finds unusable.
+        sample_rate, batch_size, num_workers, time_shift_ms, noise_prob, noise_volume,
+            speed_perturb, gain_db, cache, cache_dir, resident, check: as `ClipDataModule`'s.
     """
+
+    data_error = DataError
+    keywords = KEYWORDS  # the classes of the keyword accuracy
 
     def __init__(
         self,
@@ -213,60 +258,46 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         test_url: str = TEST_SET_URL,
         check: bool = True,
     ) -> None:
-        super().__init__()
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if test_root is not None and task != "12":
             raise ValueError(f"test_root holds the official 12-class test set; task is {task!r}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.root = Path(root)
+        super().__init__(
+            root, class_names(task), sample_rate, round(sample_rate * clip_seconds),
+            batch_size=batch_size, num_workers=num_workers, time_shift_ms=time_shift_ms,
+            noise_prob=noise_prob, noise_volume=noise_volume, speed_perturb=speed_perturb,
+            gain_db=gain_db, seed=seed, cache=cache, cache_dir=cache_dir, resident=resident,
+            check=check,
+        )  # fmt: skip
         self.task = task
+        self.name = f"speech_commands-{task}"
         self.test_root = test_root
-        self.sample_rate = sample_rate
-        self.num_samples = round(sample_rate * clip_seconds)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.cache = cache
-        self.cache_dir = cache_dir
-        self.resident = resident
         self.download = download
         self.url = url
         self.test_url = test_url
-        self.check = check
-        self.check_report = None
-        self.class_names = class_names(task)
-        self.num_classes = len(self.class_names)
-        self.augment = BatchAugment(
-            shift_samples=round(sample_rate * time_shift_ms / 1000),
-            noise_prob=noise_prob,
-            noise_volume=noise_volume,
-            speed=speed_perturb,
-            gain_db=gain_db,
-        )
-        self.clips: dict[str, ClipSet] = {}
         self._index: dict[str, list[tuple[str, str]]] | None = None
         self._noise: list[np.ndarray] | None = None
 
-    def split_items(self, split: str) -> tuple[list[tuple[Path, int]], int]:
+    def entry_name(self, split: str) -> str:
+        if split == "test" and self.test_root is not None:
+            return "speech_commands-official_test"
+        return super().entry_name(split)
+
+    def _split_items(self, split: str) -> tuple[Items, int]:
         """(path, label) word clips of a split, and how many silence clips it gets."""
+        if split == "test" and self.test_root is not None:
+            return official_test_items(self.test_root, self.class_names), 0
         if self._index is None:
             self._index = index_speech_commands(self.root)
+        # Unusable files go before the unknown subsampling, which draws from what is left.
+        rows = [
+            (rel, w) for rel, w in self._index[split] if str(self.root / rel) not in self.unusable
+        ]
         label_of = {name: i for i, name in enumerate(self.class_names)}
         if self.task == "35":
-            items = [
-                (self.root / rel, label_of[w]) for rel, w in self._index[split] if w in label_of
-            ]
-            return items, 0
-        keywords = [
-            (self.root / rel, label_of[w]) for rel, w in self._index[split] if w in KEYWORDS
-        ]
-        unknown = [
-            (self.root / rel, label_of[UNKNOWN])
-            for rel, w in self._index[split]
-            if w not in KEYWORDS
-        ]
+            return [(self.root / rel, label_of[w]) for rel, w in rows if w in label_of], 0
+        keywords = [(self.root / rel, label_of[w]) for rel, w in rows if w in KEYWORDS]
+        unknown = [(self.root / rel, label_of[UNKNOWN]) for rel, w in rows if w not in KEYWORDS]
         per_class = round(len(keywords) / len(KEYWORDS))
         if len(unknown) > per_class:
             rng = np.random.default_rng([self.seed, SPLITS.index(split)])
@@ -275,128 +306,30 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
             ]
         return keywords + unknown, per_class
 
+    def split_items(self, split: str) -> Items:
+        return self._split_items(split)[0]
+
+    def extra_clips(self, split: str) -> Extra:
+        """The split's `_silence_` clips, cut from the background noise."""
+        n_silence = self._split_items(split)[1]
+        if not n_silence:
+            return []
+        rng = np.random.default_rng([self.seed, 100 + SPLITS.index(split)])
+        silence = cut_silence(self.noise(), n_silence, self.num_samples, rng)
+        return [(s, 0, f"{SILENCE}/{split}_{i}") for i, s in enumerate(silence)]
+
     def noise(self) -> list[np.ndarray]:
         """Background-noise recordings (read once)."""
         if self._noise is None:
             self._noise = read_noise(self.root, self.sample_rate)
         return self._noise
 
-    def store_dir(self) -> Path:
-        """Folder of the waveform store (see `cache_dir`); logs where it is and why."""
-        if self.cache_dir is not None:
-            return Path(self.cache_dir)
-        folder = default_cache_dir(self.root)
-        if not folder.is_relative_to(self.root.resolve()):
-            log.info("data root %s is not writable: waveform cache in %s", self.root, folder)
-        return folder
-
-    def _decode(
-        self,
-        items: list[tuple[Path, int]],
-        name: str,
-        extra: list[tuple[np.ndarray, int, str]] | tuple = (),
-    ) -> ClipSet:
-        if not self.cache:
-            return decode_clips(items, self.sample_rate, self.num_samples, extra=extra)
-        return cached_clips(
-            items, self.sample_rate, self.num_samples, self.store_dir(), name, extra=extra
+    def data_check(self, cache: bool = True) -> CheckReport:
+        return check_speech_commands(
+            self.root, self.sample_rate, self.num_samples / self.sample_rate, cache, self.cache_dir
         )
-
-    def _load(self, split: str) -> ClipSet:
-        if split in self.clips:
-            return self.clips[split]
-        if split == "test" and self.test_root is not None:
-            clips = self._decode(
-                official_test_items(self.test_root, self.class_names),
-                "speech_commands-official_test",
-            )
-        else:
-            items, n_silence = self.split_items(split)
-            extra = []
-            if n_silence:
-                rng = np.random.default_rng([self.seed, 100 + SPLITS.index(split)])
-                silence = cut_silence(self.noise(), n_silence, self.num_samples, rng)
-                extra = [(s, 0, f"{SILENCE}/{split}_{i}") for i, s in enumerate(silence)]
-            clips = self._decode(items, f"speech_commands-{self.task}-{split}", extra=extra)
-        if len(clips) == 0:
-            raise DataError(f"no usable clips in the {split} split of {self.root}")
-        counts = torch.bincount(clips.labels, minlength=self.num_classes).tolist()
-        log.info(
-            "%s: %d clips (%d skipped), per class %s", split, len(clips), len(clips.skipped), counts
-        )
-        self.clips[split] = clips
-        return clips
 
     def prepare_data(self) -> None:
         """With `download`, fetch and extract whatever of root / test_root is missing."""
         if self.download:
-            from speechcnn.data.download import ensure_speech_commands
-
             ensure_speech_commands(self.root, self.url, self.test_root, self.test_url)
-
-    def run_check(self) -> None:
-        """Check every clip once (cached), log the summary, leave unusable clips out."""
-        from speechcnn.data.check import check_speech_commands
-
-        self.check_report = check_speech_commands(
-            self.root,
-            self.sample_rate,
-            self.num_samples / self.sample_rate,
-            cache_dir=self.cache_dir,
-        )
-        self.check_report.log_summary()
-        bad = self.check_report.unusable_paths()
-        if self._index is None:
-            self._index = index_speech_commands(self.root)
-        self._index = {
-            split: [(rel, w) for rel, w in rows if str(self.root / rel) not in bad]
-            for split, rows in self._index.items()
-        }
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.check and self.check_report is None:
-            self.run_check()
-        if stage in (None, "fit"):
-            self._load("train")
-            self._load("val")
-            if self.augment.noise_prob > 0 and self.augment.noise.numel() == 0:
-                self.augment.noise = torch.from_numpy(np.concatenate(self.noise()))
-        if stage in (None, "fit", "validate"):
-            self._load("val")
-        if stage in (None, "test", "predict"):
-            self._load("test")
-
-    def _loader(self, split: str, shuffle: bool) -> ResidentBatches | DataLoader:
-        trainer = self.trainer
-        return make_loader(
-            self._load(split),
-            self.batch_size,
-            shuffle,
-            device=trainer.strategy.root_device if trainer is not None else "cpu",
-            resident=self.resident,
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            name=split,
-        )
-
-    def train_dataloader(self) -> ResidentBatches | DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> ResidentBatches | DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> ResidentBatches | DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> ResidentBatches | DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Float conversion, and in training the augmentation, on the batch's device."""
-        waveforms, lengths, labels = batch
-        waveforms = to_float(waveforms)
-        if self.trainer is not None and self.trainer.training:
-            waveforms = self.augment.to(waveforms.device)(waveforms, lengths)
-        return waveforms, lengths, labels

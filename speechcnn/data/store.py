@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -146,20 +147,15 @@ def _write_entry(
         done = 0
         last_report = time.monotonic()
         with open(folder / "waveforms.i16", "wb") as out:
-            for samples, label, path in iter_decoded(items, sample_rate, skipped):
+            for samples, label, path in chain(iter_decoded(items, sample_rate, skipped), extra):
                 out.write(to_int16(fit_length(samples, width)).tobytes())
                 lengths.append(min(len(samples), width))
                 labels.append(label)
                 paths.append(path)
                 done += 1
                 if time.monotonic() - last_report > 10:
-                    log.info("caching: %d / %d clips decoded", done, len(items))
+                    log.info("caching: %d / %d clips decoded", done, len(items) + len(extra))
                     last_report = time.monotonic()
-            for samples, label, name in extra:
-                out.write(to_int16(fit_length(samples, width)).tobytes())
-                lengths.append(min(len(samples), width))
-                labels.append(label)
-                paths.append(name)
             out.flush()
             os.fsync(out.fileno())
         rows = len(labels)

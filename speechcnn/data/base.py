@@ -1,0 +1,243 @@
+"""The data module every data set shares: clips decoded once into the waveform store, splits
+resident on the training device, the data check, and batched augmentation on that device.
+
+A data set subclasses `ClipDataModule` and supplies only what is its own: the files of each
+split (`split_items`), clips it makes itself (`extra_clips`, e.g. silence), background noise
+to mix into training clips (`noise`) and the check of its files (`data_check`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from speechcnn.data.check import CheckReport
+from speechcnn.data.clips import (
+    Batch,
+    BatchAugment,
+    ClipSet,
+    ResidentBatches,
+    decode_clips,
+    make_loader,
+    to_float,
+)
+from speechcnn.data.store import cached_clips, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+Items = list[tuple[Path, int]]
+Extra = list[tuple[np.ndarray, int, str]]
+
+
+class ClipDataModule(pl.LightningDataModule):
+    """Labelled clips of train/val/test splits, decoded once and batched on the device.
+
+    Args:
+        root: the data folder (also where the waveform store lives by default).
+        class_names: class names in label order.
+        sample_rate: sample rate the model sees (clips at other rates are resampled).
+        num_samples: pad/trim every clip to this length; None: each clip keeps its own length
+            within [min_samples, max_samples], and a batch is cut to its longest clip.
+        max_samples: with num_samples None, longer clips are cut to this length (None: whole).
+        min_samples: with num_samples None, shorter clips count as zero-padded to this length.
+        batch_size: clips per batch.
+        num_workers: DataLoader workers (clips are already decoded in memory: 0 is fastest).
+        time_shift_ms: maximum random time shift in training.
+        noise_prob: probability of mixing background noise into a training clip (when the
+            data set provides noise).
+        noise_volume: maximum background-noise gain in training.
+        speed_perturb: maximum relative speed change in training: each clip is played at a
+            rate drawn from [1 - speed_perturb, 1 + speed_perturb] (0: off).
+        gain_db: maximum level change of a training clip in dB, before noise (0: off).
+        seed: seed of the order of device-resident training batches (and of a data set's
+            own random choices).
+        cache: decode every clip once into the waveform store (speechcnn.data.store) and
+            memory-map it on later runs; a changed data set is re-cached.
+        cache_dir: where the store lives (None: `<root>/.speechcnn_cache` when the root is
+            writable, else `~/.cache/speechcnn/...`).
+        resident: keep each split on the training device and select batches there (True),
+            use the per-item DataLoader (False), or choose by free device memory (None).
+        check: run the data check (cached; see `speechcnn check-data`) before decoding, and
+            leave out the files it finds unusable.
+    """
+
+    name = "clips"  # waveform store entries are named `<name>-<split>`
+    data_error: type[ValueError] = ValueError  # raised for a split without usable clips
+
+    def __init__(
+        self,
+        root: str,
+        class_names: list[str],
+        sample_rate: int,
+        num_samples: int | None,
+        max_samples: int | None = None,
+        min_samples: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        time_shift_ms: float = 0.0,
+        noise_prob: float = 0.8,
+        noise_volume: float = 0.1,
+        speed_perturb: float = 0.0,
+        gain_db: float = 0.0,
+        seed: int = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        resident: bool | None = None,
+        check: bool = True,
+    ) -> None:
+        super().__init__()
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.root = Path(root)
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        self.max_samples = max_samples
+        self.min_samples = min_samples
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.resident = resident
+        self.check = check
+        self.check_report: CheckReport | None = None
+        self.unusable: set[str] = set()  # paths the data check found unusable
+        self.augment = BatchAugment(
+            shift_samples=round(sample_rate * time_shift_ms / 1000),
+            noise_prob=noise_prob,
+            noise_volume=noise_volume,
+            speed=speed_perturb,
+            gain_db=gain_db,
+        )
+        self.clips: dict[str, ClipSet] = {}
+
+    def split_items(self, split: str) -> Items:
+        """(path, label) of the files of a split."""
+        raise NotImplementedError
+
+    def extra_clips(self, split: str) -> Extra:
+        """Already decoded (float samples, label, name) clips a split gets besides its files."""
+        return []
+
+    def noise(self) -> list[np.ndarray]:
+        """Background-noise recordings to mix into training clips (none by default)."""
+        return []
+
+    def data_check(self, cache: bool = True) -> CheckReport:
+        """The data check of every file of the data set."""
+        raise NotImplementedError
+
+    def entry_name(self, split: str) -> str:
+        """Name of a split's waveform store entry (one live entry per name)."""
+        return f"{self.name}-{split}"
+
+    def run_check(self) -> None:
+        """Check every file once (cached), log the summary, leave unusable files out."""
+        self.check_report = self.data_check()
+        self.check_report.log_summary()
+        self.unusable = self.check_report.unusable_paths()
+
+    def store_dir(self) -> Path:
+        """Folder of the waveform store (see `cache_dir`); logs where it is and why."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        folder = default_cache_dir(self.root)
+        if not folder.is_relative_to(self.root.resolve()):
+            log.info("data root %s is not writable: waveform cache in %s", self.root, folder)
+        return folder
+
+    def _load(self, split: str) -> ClipSet:
+        if split in self.clips:
+            return self.clips[split]
+        items = self.split_items(split)
+        skipped = self.check_report.unusable_in([str(p) for p, _ in items]) if self.unusable else []
+        items = [(path, label) for path, label in items if str(path) not in self.unusable]
+        extra = self.extra_clips(split)
+        if self.cache:
+            clips = cached_clips(
+                items, self.sample_rate, self.num_samples, self.store_dir(),
+                self.entry_name(split), extra=extra,
+            )  # fmt: skip
+        else:
+            clips = decode_clips(items, self.sample_rate, self.num_samples, extra=extra)
+        if self.num_samples is None:
+            clips = self._fit(clips)
+        clips.skipped = skipped + list(clips.skipped)
+        if len(clips) == 0:
+            raise self.data_error(f"no usable clips in the {split} split of {self.root}")
+        counts = torch.bincount(clips.labels, minlength=self.num_classes).tolist()
+        log.info(
+            "%s: %d clips (%d skipped), per class %s", split, len(clips), len(clips.skipped), counts
+        )
+        self.clips[split] = clips
+        return clips
+
+    def _fit(self, clips: ClipSet) -> ClipSet:
+        """Cut clips longer than max_samples; count clips shorter than min_samples as padded."""
+        if self.max_samples is not None and clips.waveforms.shape[1] > self.max_samples:
+            clips.waveforms = clips.waveforms[:, : self.max_samples].contiguous()
+            clips.lengths = clips.lengths.clamp(max=self.max_samples)
+        if clips.waveforms.shape[1] < self.min_samples:
+            pad = self.min_samples - clips.waveforms.shape[1]
+            clips.waveforms = torch.nn.functional.pad(clips.waveforms, (0, pad))
+        clips.lengths = clips.lengths.clamp(min=self.min_samples)
+        return clips
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.check and self.check_report is None:
+            self.run_check()
+        if stage in (None, "fit"):
+            self._load("train")
+            self._load("val")
+            if self.augment.noise_prob > 0 and self.augment.noise.numel() == 0:
+                if noise := self.noise():
+                    self.augment.noise = torch.from_numpy(np.concatenate(noise))
+        if stage in (None, "fit", "validate"):
+            self._load("val")
+        if stage in (None, "test", "predict"):
+            self._load("test")
+
+    def _loader(self, split: str, shuffle: bool) -> ResidentBatches | DataLoader:
+        trainer = self.trainer
+        return make_loader(
+            self._load(split),
+            self.batch_size,
+            shuffle,
+            device=trainer.strategy.root_device if trainer is not None else "cpu",
+            resident=self.resident,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            name=split,
+            trim=self.num_samples is None,
+        )
+
+    def train_dataloader(self) -> ResidentBatches | DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> ResidentBatches | DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> ResidentBatches | DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> ResidentBatches | DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Float conversion, and in training the augmentation, on the batch's device."""
+        waveforms, lengths, labels = batch
+        waveforms = to_float(waveforms)
+        if self.trainer is not None and self.trainer.training:
+            waveforms = self.augment.to(waveforms.device)(waveforms, lengths)
+        return waveforms, lengths, labels

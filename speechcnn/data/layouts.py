@@ -1,0 +1,77 @@
+"""The data sets by folder layout, and `speechcnn check-data` over any of them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from speechcnn.data.folder import FolderDataError, LabelledAudioDataModule
+from speechcnn.data.fsdd import FSDDDataModule
+from speechcnn.data.speech_commands import DataError, SpeechCommandsDataModule
+from speechcnn.data.store import cache_home
+
+
+def detect_layout(root: Path) -> str:
+    """speech_commands (split lists), fsdd (flat digit_speaker_take files) or folder."""
+    if (root / "validation_list.txt").is_file() or (root / "testing_list.txt").is_file():
+        return "speech_commands"
+    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
+        return "folder"
+    return "fsdd"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`speechcnn check-data ROOT`: print the summary table, write the JSON report.
+
+    Exits with status 1 when files are unusable or the split lists have problems.
+    """
+    parser = argparse.ArgumentParser(
+        prog="speechcnn check-data",
+        description="Data check: find every bad audio file and split-list problem before training.",
+    )
+    parser.add_argument("root", help="data folder (or the base folder of --manifest paths)")
+    parser.add_argument(
+        "--layout", choices=("auto", "speech_commands", "folder", "fsdd"), default="auto"
+    )
+    parser.add_argument("--manifest", help="CSV manifest (path,label[,split]) for a folder")
+    parser.add_argument("--sample-rate", type=int, help="expected rate (default: by layout)")
+    parser.add_argument("--max-seconds", type=float, help="flag clips longer than this")
+    parser.add_argument("--report", default="check_data_report.json", help="JSON report path")
+    parser.add_argument("--no-cache", action="store_true", help="re-read every file")
+    parser.add_argument("--cache-dir", help=f"cache folder (default {cache_home()})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    root = Path(args.root)
+    layout = "folder" if args.manifest else args.layout
+    if layout == "auto":
+        layout = detect_layout(root)
+    kwargs = {"root": str(root), "check": False, "cache_dir": args.cache_dir}
+    try:
+        if layout == "speech_commands":
+            # The check flags clips longer than 1.5 clip lengths.
+            clip_seconds = (args.max_seconds or 1.5) / 1.5
+            module = SpeechCommandsDataModule(
+                sample_rate=args.sample_rate or 16000, clip_seconds=clip_seconds, **kwargs
+            )
+        elif layout == "fsdd":
+            module = FSDDDataModule(
+                sample_rate=args.sample_rate or 8000, max_seconds=args.max_seconds, **kwargs
+            )
+        else:
+            module = LabelledAudioDataModule(
+                manifest=args.manifest, sample_rate=args.sample_rate or 16000,
+                max_seconds=args.max_seconds, **kwargs,
+            )  # fmt: skip
+        report = module.data_check(cache=not args.no_cache)
+    except (DataError, FolderDataError) as error:
+        sys.exit(f"check-data: {error}")
+    print(report.table())
+    print(f"JSON report: {report.write_json(args.report)}")
+    if not report.ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
