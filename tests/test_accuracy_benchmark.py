@@ -90,3 +90,20 @@ def test_speaker_folds_are_disjoint_and_cover_every_clip(accuracy, speech_comman
     assert [(f / "testing_list.txt").read_text() for f in again] == [
         (f / "testing_list.txt").read_text() for f in folds
     ]
+
+
+def test_cross_validation_trains_every_fold(accuracy, speech_commands_root, tmp_path, capsys):
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY)
+    (row,) = accuracy.main(
+        [str(tiny), "--data-root", str(speech_commands_root), "--jobs", "2", "--threads", "1",
+         "--seeds", "0", "--folds", "2", "--out-dir", str(tmp_path / "cv")]
+    )  # fmt: skip
+    assert row["folds"] == 2 and len(row["fold_accuracies"]) == 2
+    assert row["accuracy_mean"] == round(sum(row["fold_accuracies"]) / 2, 4)
+    assert row["accuracy_stderr"] >= 0.0
+    # each fold tests half of the 168 word clips (unknown words subsampled) plus silence
+    assert 60 < row["test_examples"] < 100
+    assert "2-fold CV (± s.e.)" in capsys.readouterr().out
+    runs = sorted((tmp_path / "cv" / "tiny").glob("k2-seed0-fold*-seed0-*/result.json"))
+    assert [json.loads(r.read_text())["fold"] for r in runs] == ["fold0", "fold1"]

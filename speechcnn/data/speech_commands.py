@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -57,11 +58,14 @@ def read_split_list(path: Path) -> set[str]:
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
-def index_speech_commands(root: str | Path) -> dict[str, list[tuple[str, str]]]:
+def index_speech_commands(
+    root: str | Path, split_lists: str | Path | None = None
+) -> dict[str, list[tuple[str, str]]]:
     """Word clips of each split as (relative path, word), by the official split rule.
 
     Files named in validation_list.txt are validation, in testing_list.txt testing, and every
-    other clip in a word folder is training.
+    other clip in a word folder is training. The lists are `root`'s, or those in the folder
+    `split_lists` (other splits of the same clips, e.g. speaker-disjoint folds).
 
     Raises:
         DataError: the folder is missing or not in the v0.02 layout.
@@ -69,7 +73,8 @@ def index_speech_commands(root: str | Path) -> dict[str, list[tuple[str, str]]]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Speech Commands folder {root} does not exist. {GET_DATA}")
-    lists = {name: root / name for name in ("validation_list.txt", "testing_list.txt")}
+    where = root if split_lists is None else Path(split_lists)
+    lists = {name: where / name for name in ("validation_list.txt", "testing_list.txt")}
     missing = [name for name, path in lists.items() if not path.is_file()]
     words = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
     absent = [w for w in KEYWORDS if w not in words]
@@ -77,7 +82,7 @@ def index_speech_commands(root: str | Path) -> dict[str, list[tuple[str, str]]]:
         raise DataError(
             f"{root} is not a Speech Commands v0.02 folder: expected one folder per word "
             f"(missing: {absent or 'none'}), {NOISE_DIR}/, validation_list.txt and "
-            f"testing_list.txt (missing: {missing or 'none'}). {GET_DATA}"
+            f"testing_list.txt (missing from {where}: {missing or 'none'}). {GET_DATA}"
         )
     val = read_split_list(lists["validation_list.txt"])
     test = read_split_list(lists["testing_list.txt"])
@@ -228,6 +233,8 @@ class SpeechCommandsDataModule(ClipDataModule):
         url: where speech_commands_v0.02.tar.gz is fetched from (a mirror works: the file is
             checked against the published sha256).
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
+        split_lists: a folder holding validation_list.txt and testing_list.txt to split the
+            clips by instead of root's (benchmarks/accuracy.py --folds writes such folders).
         sample_rate, batch_size, num_workers, time_shift_ms, noise_prob, noise_volume,
             speed_perturb, gain_db, cache, cache_dir, resident, check: as `ClipDataModule`'s.
     """
@@ -257,6 +264,7 @@ class SpeechCommandsDataModule(ClipDataModule):
         url: str = SPEECH_COMMANDS_URL,
         test_url: str = TEST_SET_URL,
         check: bool = True,
+        split_lists: str | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -275,12 +283,17 @@ class SpeechCommandsDataModule(ClipDataModule):
         self.download = download
         self.url = url
         self.test_url = test_url
+        self.split_lists = split_lists
         self._index: dict[str, list[tuple[str, str]]] | None = None
         self._noise: list[np.ndarray] | None = None
 
     def entry_name(self, split: str) -> str:
         if split == "test" and self.test_root is not None:
             return "speech_commands-official_test"
+        if self.split_lists is not None:
+            # its own store entries: runs on other splits of the same root keep theirs
+            tag = hashlib.sha256(str(Path(self.split_lists).resolve()).encode()).hexdigest()
+            return f"{super().entry_name(split)}-{tag[:8]}"
         return super().entry_name(split)
 
     def _split_items(self, split: str) -> tuple[Items, int]:
@@ -288,7 +301,7 @@ class SpeechCommandsDataModule(ClipDataModule):
         if split == "test" and self.test_root is not None:
             return official_test_items(self.test_root, self.class_names), 0
         if self._index is None:
-            self._index = index_speech_commands(self.root)
+            self._index = index_speech_commands(self.root, self.split_lists)
         # Unusable files go before the unknown subsampling, which draws from what is left.
         rows = [
             (rel, w) for rel, w in self._index[split] if str(self.root / rel) not in self.unusable
