@@ -361,12 +361,12 @@ def test_rule(config: str) -> str:
 def final_checkpoint(result: dict) -> str | None:
     """The run's last.ckpt if it holds the weights after its last epoch (runs before the sixth
     session kept there a copy of the best epoch instead), else None."""
-    import torch
+    from speechcnn.checkpoints import CheckpointFileError, load_checkpoint
 
     path = Path(result["best_checkpoint"]).with_name("last.ckpt")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError):
+        state = load_checkpoint(path)
+    except CheckpointFileError:
         return None
     return str(path) if state["epoch"] + 1 == result["epochs"] else None
 
@@ -451,11 +451,11 @@ def val_accuracy(checkpoint: str) -> float | None:
     kept."""
     import csv
 
-    import torch
+    from speechcnn.checkpoints import CheckpointFileError, load_checkpoint
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError):
+        state = load_checkpoint(checkpoint)
+    except CheckpointFileError:
         return None
     logged = None
     for path in sorted(Path(checkpoint).parent.parent.glob("lightning_logs/version_*/metrics.csv")):

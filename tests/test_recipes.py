@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from speechcnn.checkpoints import load_checkpoint
 from speechcnn.cli import SpeechCNNCLI, main
 from speechcnn.model import ClassifierConfig, build_classifier
 
@@ -78,7 +79,7 @@ def test_recipe_prints_and_writes_metrics(recipe_run):
     # what was tested: the weights after the last epoch
     assert metrics["test_checkpoint"] == "last"
     assert metrics["tested_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert last["epoch"] == 1  # the second and last epoch, whether or not it was the best
 
 
@@ -101,7 +102,7 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_validation_got_worse(
     trainer.fit(WorseEveryEpoch())
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["best-000.ckpt", "last.ckpt"]
-    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    last = load_checkpoint(folder / "last.ckpt")
     assert last["epoch"] == 2
 
 
