@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "--model.net.n_mels=16", "--model.net.cnn_channels=[4, 8]", "--model.net.cnn_kernels=[3, 3]",
     "--model.net.cnn_pools=[2, 2]", "--model.net.lstm_hidden=16", "--model.net.lstm_layers=1",
-    "--model.net.members=1", "--data.batch_size=16", "--trainer.enable_progress_bar=false",
+    "--data.batch_size=16", "--trainer.enable_progress_bar=false",
 ]  # fmt: skip
 KILL_IN_EPOCH_1 = [
     "--trainer.callbacks+=fakes.SigtermAt", "--trainer.callbacks.epoch=1",

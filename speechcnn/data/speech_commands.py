@@ -20,7 +20,7 @@ from speechcnn.data.clips import (
     make_loader,
     to_float,
 )
-from speechcnn.data.download import SPEECH_COMMANDS_URL, TEST_SET_URL
+from speechcnn.data.download import SPEECH_COMMANDS_URL, TEST_SET_URL, may_download
 from speechcnn.data.store import cached_clips, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,10 @@ SPLITS = ("train", "val", "test")
 GET_DATA = (
     "Download and extract speech_commands_v0.02.tar.gz "
     "(http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz) and point --data.root "
-    "at the extracted folder; see data/README.md"
+    "at the extracted folder, or pass --data.download true to fetch it there (2.3 GB); see "
+    "data/README.md"
 )
+DEFAULT_ROOT = "data/speech_commands_v0.02"
 
 
 class DataError(ValueError):
@@ -136,6 +138,11 @@ def cut_silence(
 def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[Path, int]]:
     """Clips of a folder in the official 12-class test layout (one folder per class name)."""
     test_root = Path(test_root)
+    if not test_root.is_dir():
+        raise DataError(
+            f"test set folder {test_root} does not exist: expected the extracted "
+            "speech_commands_test_set_v0.02 (one folder per class, _unknown_ and _silence_ too)"
+        )
     missing = [n for n in names if not (test_root / n).is_dir()]
     if missing:
         raise DataError(
@@ -181,8 +188,10 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
             writable, else `~/.cache/speechcnn/...`).
         resident: keep each split on the training device and select batches there (True),
             use the per-item DataLoader (False), or choose by free device memory (None).
-        download: fetch and extract the data set into `root` (and the official test set into
-            `test_root`) when that folder is missing; a valid folder is used as it is.
+        download: fetch and extract the data set into `root` (and, while fitting, the official
+            test set into `test_root`) when that folder is missing; None (the default) fetches
+            only into the default `root`, so a mistyped root is "does not exist", and testing
+            never fetches a given `test_root`. A valid folder is used as it is.
         url: where speech_commands_v0.02.tar.gz is fetched from (a mirror works: the file is
             checked against the published sha256).
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
@@ -192,7 +201,7 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str = "data/speech_commands_v0.02",
+        root: str = DEFAULT_ROOT,
         task: str = "12",
         test_root: str | None = None,
         sample_rate: int = 16000,
@@ -208,7 +217,7 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         cache: bool = True,
         cache_dir: str | None = None,
         resident: bool | None = None,
-        download: bool = False,
+        download: bool | None = None,
         url: str = SPEECH_COMMANDS_URL,
         test_url: str = TEST_SET_URL,
         check: bool = True,
@@ -220,6 +229,9 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
             raise ValueError(f"test_root holds the official 12-class test set; task is {task!r}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not str(root).strip():
+            raise ValueError(f"root must name the data set's folder, got {root!r}")
+        may_download(root, download)  # a bad value fails here, not at prepare_data
         self.root = Path(root)
         self.task = task
         self.test_root = test_root
@@ -328,11 +340,22 @@ class SpeechCommandsDataModule(pl.LightningDataModule):
         return clips
 
     def prepare_data(self) -> None:
-        """With `download`, fetch and extract whatever of root / test_root is missing."""
-        if self.download:
+        """Fetch and extract what of root / test_root is missing and `may_download` allows."""
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        if not fitting and self.test_root is not None:
+            return  # testing on a given folder: nothing to fetch, a typo is "does not exist"
+        fetch_root = not self.root.is_dir() and may_download(self.root, self.download, DEFAULT_ROOT)
+        fetch_test = (
+            fitting
+            and self.test_root is not None
+            and not Path(self.test_root).is_dir()
+            and self.download is True
+        )
+        if fetch_root or fetch_test:
             from speechcnn.data.download import ensure_speech_commands
 
-            ensure_speech_commands(self.root, self.url, self.test_root, self.test_url)
+            test_root = self.test_root if fetch_test else None
+            ensure_speech_commands(self.root, self.url, test_root, self.test_url)
 
     def run_check(self) -> None:
         """Check every clip once (cached), log the summary, leave unusable clips out."""
