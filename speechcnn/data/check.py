@@ -181,8 +181,13 @@ class CheckReport:
         """No unusable file and no split-list problem (fixable problems are fine)."""
         return not self.unusable_paths() and not self.missing_listed and not self.split_overlap
 
-    def table(self, max_names: int = 20) -> str:
-        """Summary table: files per problem and what training does, then the skipped files."""
+    def paths_with(self, kind: str) -> list[str]:
+        """Sorted paths of the files with problem `kind`."""
+        return sorted(p for p, entry in self.files.items() if kind in entry["problems"])
+
+    def table(self, max_names: int = 20, per_kind: int = 3) -> str:
+        """Summary table: files per problem and what training does, the skipped files, then
+        the files fixed on load (the first `per_kind` of each kind; all in the JSON report)."""
         counts = self.counts()
         lines = [
             f"data check of {self.root}: {self.checked} files, expected {self.sample_rate} Hz mono"
@@ -197,6 +202,16 @@ class CheckReport:
             lines += [f"  {p}: {'; '.join(self.files[p]['details'])}" for p in skipped[:max_names]]
             if len(skipped) > max_names:
                 lines.append(f"  ... and {len(skipped) - max_names} more (see the JSON report)")
+        for kind in FIXABLE:
+            paths = self.paths_with(kind)
+            if not paths:
+                continue
+            lines.append(f"{ACTIONS[kind]} ({kind}, {len(paths)} files):")
+            for p in paths[:per_kind]:
+                detail = self.files[p]["details"][self.files[p]["problems"].index(kind)]
+                lines.append(f"  {p}: {detail}")
+            if len(paths) > per_kind:
+                lines.append(f"  ... and {len(paths) - per_kind} more (see the JSON report)")
         for name, paths in (("listed but missing", self.missing_listed),
                             ("in both split lists", self.split_overlap)):  # fmt: skip
             if paths:
@@ -215,6 +230,7 @@ class CheckReport:
             "ok": self.ok,
             "counts": dict(self.counts()),
             "skipped": sorted(self.unusable_paths()),
+            "fixed": {kind: self.paths_with(kind) for kind in FIXABLE},
             "files": self.files,
             "missing_listed": self.missing_listed,
             "split_overlap": self.split_overlap,
@@ -356,6 +372,14 @@ def check_speech_commands(
     )
 
 
+LAYOUTS = ("speech_commands", "folder", "fsdd")
+LAYOUT_NAMES = {
+    "speech_commands": "Speech Commands v0.02 (word folders and split lists)",
+    "folder": "class sub-folders (ROOT/<class>/<file>)",
+    "fsdd": "FSDD recordings ({digit}_{speaker}_{take}.wav)",
+}
+
+
 def detect_layout(root: Path) -> str:
     """speech_commands (split lists), fsdd (flat digit_speaker_take files) or folder."""
     if (root / "validation_list.txt").is_file() or (root / "testing_list.txt").is_file():
@@ -363,6 +387,41 @@ def detect_layout(root: Path) -> str:
     if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
         return "folder"
     return "fsdd"
+
+
+def _check_layout(layout: str, root: Path, args: argparse.Namespace) -> CheckReport:
+    from speechcnn.data.folder import LabelledAudioDataModule
+    from speechcnn.data.fsdd import FSDDDataModule
+
+    if layout == "speech_commands":
+        return check_speech_commands(
+            root,
+            args.sample_rate or 16000,
+            clip_seconds=(args.max_seconds or 1.5) / 1.5,
+            cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+        )
+    kwargs = {"root": str(root), "check": False, "max_seconds": args.max_seconds}
+    if layout == "fsdd":
+        module = FSDDDataModule(sample_rate=args.sample_rate or 8000, **kwargs)
+    else:
+        module = LabelledAudioDataModule(
+            manifest=args.manifest, sample_rate=args.sample_rate or 16000, **kwargs
+        )
+    items = [(i.path, i.label, module.split_of(i)) for i in module.items]
+    return check_items(
+        items,
+        root,
+        module.sample_rate,
+        max_samples=module.max_samples,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+    )
+
+
+def _fail(message: str) -> None:
+    print(f"speechcnn check-data: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -386,41 +445,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     root = Path(args.root)
-    layout = "folder" if args.manifest else args.layout
-    if layout == "auto":
-        layout = detect_layout(root)
-    from speechcnn.data.folder import FolderDataError, LabelledAudioDataModule
-    from speechcnn.data.fsdd import FSDDDataModule
-    from speechcnn.data.speech_commands import DataError
+    layouts = "; ".join(LAYOUT_NAMES.values())
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        _fail(f"{root} {what}: expected a data folder in one of the layouts {layouts}")
+    if not any(root.iterdir()):
+        _fail(f"{root} is empty: expected a data folder in one of the layouts {layouts}")
+    from speechcnn.data.folder import FolderDataError
+    from speechcnn.data.speech_commands import GET_DATA, DataError
 
-    try:
-        if layout == "speech_commands":
-            report = check_speech_commands(
-                root,
-                args.sample_rate or 16000,
-                clip_seconds=(args.max_seconds or 1.5) / 1.5,
-                cache=not args.no_cache,
-                cache_dir=args.cache_dir,
-            )
-        else:
-            kwargs = {"root": str(root), "check": False, "max_seconds": args.max_seconds}
-            if layout == "fsdd":
-                module = FSDDDataModule(sample_rate=args.sample_rate or 8000, **kwargs)
-            else:
-                module = LabelledAudioDataModule(
-                    manifest=args.manifest, sample_rate=args.sample_rate or 16000, **kwargs
-                )
-            items = [(i.path, i.label, module.split_of(i)) for i in module.items]
-            report = check_items(
-                items,
-                root,
-                module.sample_rate,
-                max_samples=module.max_samples,
-                cache=not args.no_cache,
-                cache_dir=args.cache_dir,
-            )
-    except (DataError, FolderDataError) as error:
-        sys.exit(f"check-data: {error}")
+    if args.manifest:
+        tried = ["folder"]
+    elif args.layout != "auto":
+        tried = [args.layout]
+    else:  # the detected layout first, then the others: report why each one failed
+        first = detect_layout(root)
+        tried = [first, *(layout for layout in LAYOUTS if layout != first)]
+    failures = []
+    report = None
+    for layout in tried:
+        try:
+            report = _check_layout(layout, root, args)
+            break
+        except (DataError, FolderDataError) as error:
+            why = str(error).replace(f" {GET_DATA}", "")
+            failures.append(f"as {LAYOUT_NAMES[layout]}: {why}")
+    if report is None:
+        if len(failures) == 1:
+            _fail(failures[0])
+        _fail(f"{root} is in none of the layouts tried: " + " | ".join(failures))
     print(report.table())
     print(f"JSON report: {report.write_json(args.report)}")
     if not report.ok:

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from speechcnn.data.audio import AudioError, read_audio
+from speechcnn.data.audio import AudioError, read_audio, wav_files
 from speechcnn.data.clips import (
     Batch,
     BatchAugment,
@@ -89,7 +89,7 @@ def index_speech_commands(root: str | Path) -> dict[str, list[tuple[str, str]]]:
     test = read_split_list(lists["testing_list.txt"])
     splits: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
     for word in words:
-        for wav in sorted((root / word).glob("*.wav")):
+        for wav in wav_files(root / word):
             rel = f"{word}/{wav.name}"
             split = "val" if rel in val else "test" if rel in test else "train"
             splits[split].append((rel, word))
@@ -112,7 +112,7 @@ def read_noise(root: str | Path, sample_rate: int) -> list[np.ndarray]:
             f"{folder} does not exist: the 12-class task cuts _silence_ from it. {GET_DATA}"
         )
     noise = []
-    for wav in sorted(folder.glob("*.wav")):
+    for wav in wav_files(folder):
         try:
             noise.append(read_audio(wav, sample_rate))
         except AudioError as error:
@@ -153,7 +153,7 @@ def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[P
     items = []
     for label, name in enumerate(names):
         # Unknown clips are named like backward_0c540988_nohash_0.wav.wav: match any *.wav.
-        items += [(p, label) for p in sorted((test_root / name).glob("*.wav"))]
+        items += [(p, label) for p in wav_files(test_root / name)]
     return items
 
 
