@@ -4,12 +4,15 @@ cannot be resumed says why and what to do."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from speechcnn.checkpoints import load_checkpoint
 from speechcnn.resume import UnresumableRunError, check_resumable
@@ -125,3 +128,34 @@ def test_a_changed_model_or_damaged_checkpoint_cannot_be_resumed(
     assert re.search(why, message), message
     assert "\n" not in message and "new --trainer.default_root_dir" in message
     assert last.read_bytes() == before
+
+
+class CtrlCInEpoch1(pl.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_exits_non_zero_and_says_how_to_resume(tmp_path, capsys):
+    from test_recipes import WorseEveryEpoch
+
+    from speechcnn.checkpoints import SafeCheckpointIO
+    from speechcnn.resume import ExactResume
+
+    last = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="last", monitor=None)
+    trainer = pl.Trainer(
+        max_epochs=3, callbacks=[ExactResume(), last, CtrlCInEpoch1()], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, plugins=[SafeCheckpointIO()],
+    )  # fmt: skip
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as info:
+            trainer.fit(WorseEveryEpoch())
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C while it shuts down
+    assert info.value.code not in (0, None)
+    message = last_line(capsys.readouterr().err)
+    assert "stopped by Ctrl-C (SIGINT) in epoch 1" in message
+    assert f"{tmp_path / 'checkpoints' / 'last.ckpt'} holds epoch 0" in message
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert saved["epoch"] == 0 and "speechcnn_rng_states" in saved
