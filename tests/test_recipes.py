@@ -129,13 +129,15 @@ class WorseEveryEpoch(pl.LightningModule):
         return DataLoader(TensorDataset(torch.ones(2)), batch_size=2)
 
 
-def test_recipe_resumes_from_last_checkpoint(recipe_run):
-    run_dir, cmd, _ = recipe_run
-    cmd = [c if c != "2" else "3" for c in cmd]  # --trainer.max_epochs 3
+def test_rerunning_a_finished_run_resumes_it_and_trains_nothing_more(recipe_run):
+    # A run stopped mid-way resumes exactly (test_resume.py); a finished one resumes at its end.
+    run_dir, cmd, stdout = recipe_run
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in out.stdout
-    assert json.loads(out.stdout.strip().splitlines()[-1])["epochs"] == 3
+    again = json.loads(out.stdout.strip().splitlines()[-1])
+    first = json.loads(stdout.strip().splitlines()[-1])
+    assert again["epochs"] == 2 and again["test_accuracy"] == first["test_accuracy"]
 
 
 def test_cli_tests_saved_run_on_official_layout(recipe_run, official_test_root, capsys):
