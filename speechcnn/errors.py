@@ -45,19 +45,19 @@ def _raised_in_speechcnn(error: BaseException) -> bool:
 def user_error(error: BaseException) -> BaseException | None:
     """The error raised by speechcnn itself that `error` is or wraps, if it is a user error.
 
-    The deepest such error along `__cause__` (else `__context__`) wins: jsonargparse's own
-    errors name types, not the value that was wrong.
+    The outermost such error along `__cause__` (else `__context__`) wins: it carries the most
+    context (a run folder around a checkpoint's error), and jsonargparse's own errors around
+    it, which name types rather than the value that was wrong, are passed over.
     """
-    found = None
     seen: set[int] = set()
     current: BaseException | None = error
     types = _user_error_types()
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, types) and _raised_in_speechcnn(current):
-            found = current
+            return current
         current = current.__cause__ or current.__context__
-    return found
+    return None
 
 
 def one_line(error: BaseException) -> str:

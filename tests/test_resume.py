@@ -150,3 +150,17 @@ def test_ctrl_c_exits_non_zero_and_says_how_to_resume(tmp_path, capsys):
     assert f"{tmp_path / 'checkpoints' / 'last.ckpt'} holds epoch 0" in message
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert saved["epoch"] == 0 and "speechcnn_rng_states" in saved
+
+
+def test_an_empty_last_checkpoint_is_reported_as_the_run_folder_it_is_in(
+    speech_commands_root, tmp_path
+):
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    done = recipe(speech_commands_root, tmp_path / "run", "--trainer.max_epochs=1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    message = last_line(done.stderr)
+    assert message.startswith(f"speech_commands: error: cannot resume {tmp_path / 'run'}: ")
+    assert "empty (0 bytes)" in message and "new --trainer.default_root_dir" in message
+    assert last.is_file()
