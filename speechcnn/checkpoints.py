@@ -49,7 +49,8 @@ def _why_unreadable(error: BaseException) -> str:
         )
     if isinstance(error, pickle.UnpicklingError) or "weights_only" in text.lower():
         return "it holds objects other than tensors and plain values, which speechcnn never loads"
-    if isinstance(error, EOFError | zipfile.BadZipFile) or "PytorchStreamReader" in text:
+    # A cut-short zip archive fails in the reader, at any of several places.
+    if isinstance(error, EOFError | zipfile.BadZipFile | OSError) or "PytorchStreamReader" in text:
         return "truncated or corrupt: an interrupted copy or save?"
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return f"{type(error).__name__}: {first_line[:200]}"

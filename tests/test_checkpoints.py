@@ -75,9 +75,12 @@ def test_loader_names_empty_truncated_and_missing_files(tmp_path):
     empty, cut = tmp_path / "empty.ckpt", tmp_path / "cut.ckpt"
     empty.write_bytes(b"")
     cut.write_bytes(good.read_bytes()[:300])
+    cut_late = tmp_path / "cut_late.ckpt"  # past the first records: another reader error
+    cut_late.write_bytes(good.read_bytes()[:5000])
     for path, why in [
         (empty, r"empty \(0 bytes\)"),
         (cut, "truncated or corrupt"),
+        (cut_late, "truncated or corrupt"),
         (tmp_path / "gone.ckpt", "does not exist"),
     ]:
         with pytest.raises(CheckpointFileError, match=why):
