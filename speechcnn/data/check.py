@@ -206,7 +206,8 @@ class CheckReport:
             paths = self.paths_with(kind)
             if not paths:
                 continue
-            lines.append(f"{ACTIONS[kind]} ({kind}, {len(paths)} files):")
+            files = f"{len(paths)} file" + ("s" if len(paths) > 1 else "")
+            lines.append(f"{ACTIONS[kind]} ({kind}, {files}):")
             for p in paths[:per_kind]:
                 detail = self.files[p]["details"][self.files[p]["problems"].index(kind)]
                 lines.append(f"  {p}: {detail}")
