@@ -176,9 +176,12 @@ def macs_of(checkpoint: str) -> int:
 
 def val_accuracy(checkpoint: str) -> float | None:
     """The validation accuracy logged with a checkpoint's epoch, where Lightning kept it."""
-    import torch
+    from speechcnn.checkpoints import CheckpointFileError, load_checkpoint
 
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        saved = load_checkpoint(checkpoint)
+    except CheckpointFileError:
+        return None
     callbacks = saved.get("callbacks", {})
     for state in callbacks.values():
         score = state.get("current_score") if isinstance(state, dict) else None

@@ -14,7 +14,7 @@ last checkpoint. Ends with one JSON line of test metrics (also in metrics.json).
 import sys
 from pathlib import Path
 
-from speechcnn.recipe import run_recipe
+from speechcnn.recipe import recipe_main
 
 if __name__ == "__main__":
-    run_recipe(Path(__file__).with_name("free_spoken_digits.yaml"), sys.argv[1:])
+    recipe_main(Path(__file__).with_name("free_spoken_digits.yaml"), sys.argv[1:])

@@ -9,7 +9,7 @@ from its last checkpoint. Ends with one JSON line of test metrics (also in metri
 import sys
 from pathlib import Path
 
-from speechcnn.recipe import run_recipe
+from speechcnn.recipe import recipe_main
 
 if __name__ == "__main__":
-    run_recipe(Path(__file__).with_name("speech_commands.yaml"), sys.argv[1:])
+    recipe_main(Path(__file__).with_name("speech_commands.yaml"), sys.argv[1:])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from speechcnn.checkpoints import CheckpointFileError, load_module
 from speechcnn.data.audio import AudioError, read_audio
 from speechcnn.data.clips import to_float
 from speechcnn.model import SpeechClassifier
@@ -33,7 +34,7 @@ class LoadedModel:
     sample_rate: int
 
 
-class ModelFileError(ValueError):
+class ModelFileError(CheckpointFileError):
     """A model checkpoint that is missing or is not a speechcnn training checkpoint."""
 
 
@@ -44,18 +45,10 @@ def load_classifier(path: str | Path) -> LoadedModel:
         ModelFileError: the file is missing or holds no speechcnn model (the message says which
             file and why).
     """
-    from speechcnn.training import SpeechClassifierModule  # Lightning: imported only here
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model checkpoint {path} does not exist")
     try:
-        module = SpeechClassifierModule.load_from_checkpoint(str(path), map_location="cpu")
-    except Exception as error:  # noqa: BLE001 (torch.load and Lightning raise many kinds)
-        raise ModelFileError(
-            f"{path}: not a speechcnn training checkpoint (.ckpt from `speechcnn fit` or a "
-            f"recipe): {type(error).__name__}: {error}"
-        ) from error
+        module = load_module(path)
+    except CheckpointFileError as error:
+        raise ModelFileError(str(error)) from error
     return LoadedModel(
         model=module.inference_model.eval(),
         class_names=list(module.class_names),

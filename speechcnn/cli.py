@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +14,10 @@ from jsonargparse import ArgumentParser
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
+from speechcnn.checkpoints import SafeCheckpointIO
+from speechcnn.errors import run_reporting_errors
 from speechcnn.report import write_test_report
+from speechcnn.resume import ExactResume
 from speechcnn.training import SpeechClassifierModule
 
 
@@ -33,12 +37,22 @@ class SpeechCNNCLI(LightningCLI):
     (`speechcnn.recipe`; `speechcnn test` takes `--ckpt_path` instead). Both checkpoints live in
     `<trainer.default_root_dir>/checkpoints`. The data module is the single source of the class
     names and the sample rate; the model receives them through `link_arguments`.
+
+    Every checkpoint the Trainer reads (`--ckpt_path`, a recipe's resume) goes through
+    `SafeCheckpointIO` (tensors and plain values only, never code), and `ExactResume` saves the
+    random states with each checkpoint, so a resumed run continues as the uninterrupted one.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("trainer_defaults", {"callbacks": [ExactResume()]})
         super().__init__(SpeechClassifierModule, pl.LightningDataModule, *args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs: object) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
 
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -97,17 +111,28 @@ EXTRA_COMMANDS: dict[str, str] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `speechcnn` console script (`argv`: the arguments after the name)."""
-    from_command_line = argv is None
+    """Entry point of the `speechcnn` console script (`argv`: the arguments after the name).
+
+    A user error (a wrong value, a missing folder, an unusable checkpoint) ends with one line
+    `speechcnn: error: ...` and exit status 2; `--verbose` or SPEECHCNN_VERBOSE=1 shows the
+    traceback.
+    """
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in EXTRA_COMMANDS:
         module, function = EXTRA_COMMANDS[argv[0]].split(":")
-        getattr(importlib.import_module(module), function)(argv[1:])
+        command = getattr(importlib.import_module(module), function)
+        run_reporting_errors(command, argv[1:], f"speechcnn {argv[0]}")
         return
     if argv[:1] in (["-h"], ["--help"]) and EXTRA_COMMANDS:
         print(f"other subcommands: {', '.join(sorted(EXTRA_COMMANDS))} (each takes --help)")
-    # args=None lets LightningCLI read sys.argv itself (and not warn that both were given).
-    SpeechCNNCLI(args=None if from_command_line else argv)
+    run_reporting_errors(_lightning_cli, argv, "speechcnn")
+
+
+def _lightning_cli(argv: list[str]) -> None:
+    with warnings.catch_warnings():
+        # argv is the command line (less --verbose), passed on deliberately.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        SpeechCNNCLI(args=argv)
 
 
 if __name__ == "__main__":

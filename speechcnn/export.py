@@ -15,7 +15,9 @@ Artefacts `speechcnn export MODEL --out-dir DIR` writes:
   (dynamic quantization: int8 weights, activations quantized per batch at run time).
 - `meta.json`: class names, sample rate, feature settings, sizes and checks.
 
-Every exported graph takes any batch size and any clip length.
+Every exported graph takes any batch size and any clip length: the waveform graphs zero-pad a
+clip shorter than one analysis window (n_fft samples) to one window, as `speechcnn classify`
+does; the features graph takes any number of frames >= 1.
 """
 
 from __future__ import annotations
@@ -111,6 +113,29 @@ class WaveformToLogits(nn.Module):
         return self.classifier(self.features(waveforms))
 
 
+class PadToWindow(nn.Module):
+    """Zero-pads clips shorter than one analysis window to one window, then runs `inner`.
+
+    A clip shorter than `n_fft` samples has no frame; padded, it is one frame of the clip and
+    silence, as `classify_waveforms` classifies it. The padding is written with tensor
+    operations only (pad by a window, then keep max(S, n_fft) samples), so a traced or
+    exported graph keeps it for every clip length; longer clips pass unchanged.
+    """
+
+    def __init__(self, inner: nn.Module, n_fft: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.n_fft = n_fft
+
+    def forward(self, waveforms: Tensor) -> Tensor:
+        """(B, S) waveforms, any S >= 0 -> what `inner` gives for (B, max(S, n_fft))."""
+        padded = nn.functional.pad(waveforms, (0, self.n_fft))  # (B, S + n_fft)
+        length = torch.ones_like(padded[0]).sum() - self.n_fft  # S, as a traced value
+        keep = torch.clamp(length, min=float(self.n_fft)).long()
+        index = torch.arange(keep, device=waveforms.device)
+        return self.inner(padded.index_select(1, index))
+
+
 def _eval_copy(model: SpeechClassifier) -> SpeechClassifier:
     return copy.deepcopy(model).eval()
 
@@ -121,7 +146,8 @@ def export_torchscript(model: SpeechClassifier, path: str | Path) -> torch.jit.S
     example = torch.zeros(2, model.features.sample_rate)  # (B, S): 1 s; any B, S works later
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(model, (example,), check_trace=False)
+        padded = PadToWindow(model, model.features.n_fft).eval()
+        traced = torch.jit.trace(padded, (example,), check_trace=False)
     traced.save(str(path))
     return traced
 
@@ -134,7 +160,8 @@ def export_onnx(model: SpeechClassifier, path: str | Path, features_inside: bool
     model = _eval_copy(model)
     wave = torch.zeros(2, model.features.sample_rate)  # (B, S)
     if features_inside:
-        module: nn.Module = WaveformToLogits(DFTLogMel(model.features), model).eval()
+        inner = WaveformToLogits(DFTLogMel(model.features), model)
+        module: nn.Module = PadToWindow(inner, model.features.n_fft).eval()
         example, name, axes = wave, "waveforms", {0: "batch", 1: "samples"}
     else:
         module = FeaturesToLogits(model).eval()
@@ -239,6 +266,29 @@ def int8_accuracy_change(model: SpeechClassifier, data_root: str | Path) -> dict
     }
 
 
+def writable_folder(out_dir: str | Path) -> Path:
+    """`out_dir`, created if missing, once a file could be written there.
+
+    Raises:
+        ValueError: it is a file, or cannot be created or written to (the message says why).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out-dir {out_dir} is a file: expected a folder to write the exports to")
+    probe = out_dir / ".speechcnn-write-test"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(
+            f"cannot write to out-dir {out_dir} ({reason}): expected a folder this user can "
+            "create and write to"
+        ) from error
+    return out_dir
+
+
 def export_all(
     model: SpeechClassifier,
     class_names: list[str],
@@ -246,9 +296,12 @@ def export_all(
     onnx: bool = True,
     int8: bool = True,
 ) -> dict[str, object]:
-    """Write every artefact (see the module docstring) to `out_dir`; returns meta.json's data."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write every artefact (see the module docstring) to `out_dir`; returns meta.json's data.
+
+    Raises:
+        ValueError: `out_dir` is a file, or a folder that cannot be created or written to.
+    """
+    out_dir = writable_folder(out_dir)
     model = _eval_copy(model)
     export_torchscript(model, out_dir / "model.ts")
     files = ["model.ts"]
@@ -332,6 +385,7 @@ def cli(argv: list[str]) -> None:
 __all__ = [
     "DFTLogMel",
     "FeaturesToLogits",
+    "PadToWindow",
     "WaveformToLogits",
     "accuracy",
     "check_exports",

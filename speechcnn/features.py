@@ -9,6 +9,7 @@ compute the same frames chunk by chunk.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torchaudio
@@ -99,15 +100,26 @@ class LogMelFeatures(nn.Module):
         self.spectral_eq_db = spectral_eq_db
 
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-        fb = torchaudio.functional.melscale_fbanks(
-            n_freqs=self.n_fft // 2 + 1,
-            f_min=f_min,
-            f_max=f_max,
-            n_mels=n_mels,
-            sample_rate=sample_rate,
-            norm="slaney",
-            mel_scale="slaney",
-        )  # (n_fft/2+1, F)
+        n_freqs = self.n_fft // 2 + 1
+        with warnings.catch_warnings():
+            # torchaudio only warns about empty filters; the check below refuses them.
+            warnings.filterwarnings("ignore", message=".*mel filterbank has all zero values.*")
+            fb = torchaudio.functional.melscale_fbanks(
+                n_freqs=n_freqs,
+                f_min=f_min,
+                f_max=f_max,
+                n_mels=n_mels,
+                sample_rate=sample_rate,
+                norm="slaney",
+                mel_scale="slaney",
+            )  # (n_fft/2+1, F)
+        empty = int((fb.max(dim=0).values == 0).sum())
+        if empty:
+            raise ValueError(
+                f"n_mels={n_mels} is too many for a {self.n_fft}-point FFT ({n_freqs} frequency "
+                f"bins from {f_min:g} to {f_max:g} Hz): {empty} mel filters would be empty; use "
+                "fewer n_mels or a longer win_ms"
+            )
         self.register_buffer("mel_fbanks", fb, persistent=False)
         if n_mfcc is not None:
             dct = torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho")  # (F, n_mfcc)

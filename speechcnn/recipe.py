@@ -11,7 +11,9 @@ import pytorch_lightning as pl
 import yaml
 
 from speechcnn.cli import SpeechCNNCLI
+from speechcnn.errors import run_reporting_errors
 from speechcnn.report import write_test_report
+from speechcnn.resume import check_resumable
 
 
 class EpochTimer(pl.Callback):
@@ -64,6 +66,7 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     last = Path(latest.dirpath) / "last.ckpt" if latest.dirpath else None
     resume = str(last) if last is not None and last.is_file() else None
     if resume:
+        check_resumable(resume, module, trainer.max_epochs)
         print(f"resuming from {resume}", flush=True)
 
     timer = EpochTimer()
@@ -94,3 +97,9 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     metrics = write_test_report(confusion, module.class_names, run_dir, keywords, extra)
     print(json.dumps(metrics), flush=True)
     return metrics
+
+
+def recipe_main(config: str | Path, argv: list[str]) -> None:
+    """`run_recipe` for a recipe script: a user error is one line and exit status 2 (see
+    `speechcnn.errors`), a run stopped by SIGTERM or Ctrl-C exits non-zero (`ExactResume`)."""
+    run_reporting_errors(lambda args: run_recipe(config, args), argv, Path(config).stem)

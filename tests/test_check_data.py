@@ -146,3 +146,61 @@ def test_training_skips_and_names_unusable_files(bad_root, caplog):
     for kind in ("sample_rate", "channels", "too_long"):
         assert str(bad[kind]) in used  # fixed on load
     assert data.clips["train"].waveforms.shape[1] == RATE
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_a_missing_or_empty_folder_names_every_layout_not_fsdd_alone(tmp_path, capsys, state):
+    root = tmp_path / "data"
+    if state == "empty":
+        root.mkdir()
+    with pytest.raises(SystemExit) as info:
+        main([str(root)])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{root} {'does not exist' if state == 'missing' else 'is empty'}" in line
+    assert "Speech Commands" in line and "class sub-folders" in line and "FSDD" in line
+    assert "clone" not in line
+
+
+def test_a_folder_in_no_layout_says_why_each_layout_failed(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("text")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "none of the layouts tried" in line
+    for why in ("holds no audio files", "not a Speech Commands v0.02 folder", "holds no {digit}"):
+        assert why in line
+
+
+def test_every_fixed_file_is_named_first_of_each_kind_on_screen(bad_root, tmp_path, capsys):
+    root, bad, _ = bad_root
+    rng = np.random.default_rng(9)
+    resampled = [bad["sample_rate"]]
+    for i in range(4):  # more 8 kHz files than the screen names
+        resampled.append(write_wav(root / "no" / f"rate{i}_nohash_0.wav",
+                                   word_tone("no", 8000, 1.0, rng), 8000))  # fmt: skip
+    with pytest.raises(SystemExit):
+        main([str(root), "--report", str(tmp_path / "report.json")])
+    out = capsys.readouterr().out
+    assert str(bad["channels"]) in out and str(bad["too_long"]) in out
+    assert "resampled on load (sample_rate, 5 files):" in out
+    assert "... and 2 more (see the JSON report)" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(report["fixed"]["sample_rate"]) == sorted(str(p) for p in resampled)
+    assert report["fixed"]["channels"] == [str(bad["channels"])]
+
+
+def test_upper_case_wav_files_are_checked_and_trained_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEECHCNN_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_speech_commands(tmp_path / "sc", clips_per_word=4)
+    loud = root / "yes" / "upper_nohash_0.WAV"
+    write_wav(loud, word_tone("yes", 44100, 1.0, np.random.default_rng(3)), 44100)
+    report = check_speech_commands(root)
+    assert report.files[str(loud)]["problems"] == ["sample_rate"]
+    data = SpeechCommandsDataModule(root=str(root), batch_size=4, cache=False)
+    items = data.split_items("train")
+    assert loud in [path for path, _ in items]
+    from speechcnn.data.fsdd import parse_fsdd_name
+
+    assert parse_fsdd_name("3_theo_7.WAV") == ("3", "theo", 7)

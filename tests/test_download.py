@@ -6,6 +6,7 @@ import random
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,56 @@ def test_download_refuses_to_overwrite_a_foreign_folder(server, tmp_path):
     with pytest.raises(DownloadError, match="not usable"):
         ensure_speech_commands(tmp_path / "sc", f"{server.url}/data/sc.tar.gz")
     assert server.requests == []
+
+
+def recipe_data_settings() -> dict:
+    import yaml
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "speech_commands.yaml"
+    return dict(yaml.safe_load(recipe.read_text())["data"]["init_args"])
+
+
+def test_a_mistyped_root_is_not_downloaded_but_named(server, tmp_path):
+    from speechcnn.data.speech_commands import DataError, SpeechCommandsDataModule
+
+    typo = tmp_path / "speech_comands_v0.02"
+    settings = {**recipe_data_settings(), "root": str(typo), "url": f"{server.url}/data/sc.tar.gz"}
+    data = SpeechCommandsDataModule(**settings, cache=False)
+    data.prepare_data()
+    assert server.requests == [] and not typo.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError, match=f"{typo} does not exist.*--data.download true"):
+        data.setup("fit")
+    with pytest.raises(ValueError, match="root must name the data set's folder, got ''"):
+        SpeechCommandsDataModule(**{**settings, "root": ""})
+
+
+def test_the_default_root_or_download_true_is_fetched(server, tmp_path, monkeypatch):
+    from speechcnn.data.speech_commands import DEFAULT_ROOT, SpeechCommandsDataModule
+
+    monkeypatch.chdir(tmp_path)
+    url = f"{server.url}/data/sc.tar.gz"
+    for root, download in [(DEFAULT_ROOT, None), ("elsewhere/sc", True)]:
+        server.requests.clear()
+        data = SpeechCommandsDataModule(root=root, download=download, url=url, cache=False)
+        with pytest.raises(DownloadError):  # the served archive is no v0.02 folder
+            data.prepare_data()
+        assert [path for path, _ in server.requests] == ["/data/sc.tar.gz"]
+
+
+def test_testing_never_downloads_a_given_test_root(server, tmp_path, speech_commands_root):
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    from speechcnn.data.speech_commands import DataError, SpeechCommandsDataModule
+
+    typo = tmp_path / "speech_commands_tset_set"
+    data = SpeechCommandsDataModule(
+        root=str(speech_commands_root), test_root=str(typo), download=True,
+        test_url=f"{server.url}/data/sc.tar.gz", cache=False, check=False,
+    )  # fmt: skip
+    data.trainer = pl.Trainer(logger=False)
+    data.trainer.state.fn = TrainerFn.TESTING
+    data.prepare_data()
+    assert server.requests == [] and not typo.exists()
+    with pytest.raises(DataError, match=f"test set folder {typo} does not exist"):
+        data.setup("test")

@@ -132,3 +132,53 @@ def test_int8_accuracy_change_scores_the_testing_split(speech_commands_root):
     assert result["float_acc"] == pytest.approx(expected, abs=1e-4)
     assert 0.0 <= result["int8_acc"] <= 1.0
     assert result["change"] == pytest.approx(result["int8_acc"] - result["float_acc"], abs=1e-4)
+
+
+def test_exported_graphs_take_clips_shorter_than_one_window(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from speechcnn.classify import classify_waveforms
+    from speechcnn.export import export_onnx, onnx_session
+
+    model = tiny_model().eval()
+    export_torchscript(model, tmp_path / "model.ts")
+    export_onnx(model, tmp_path / "model.onnx", features_inside=True)
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    session = onnx_session(tmp_path / "model.onnx")
+    n_fft = model.features.n_fft
+    for length in (1, 100, n_fft - 1):
+        wave = (0.1 * torch.randn(1, length)).float()
+        with torch.no_grad():
+            expected = torch.log_softmax(
+                model(torch.nn.functional.pad(wave, (0, n_fft - length))), -1
+            )
+            as_classify = classify_waveforms(model, [wave[0].numpy()])
+            torch.testing.assert_close(torch.log(as_classify), expected, atol=1e-5, rtol=0)
+            got = torch.log_softmax(scripted(wave), -1)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        logits = session.run(None, {"waveforms": wave.numpy()})[0]
+        torch.testing.assert_close(
+            torch.log_softmax(torch.from_numpy(logits), -1), expected, atol=1e-4, rtol=0
+        )
+
+
+def test_an_unusable_out_dir_is_one_line(tmp_path, capsys):
+    import os
+
+    from speechcnn.cli import main as cli_main
+
+    ckpt = make_checkpoint(tmp_path / "tiny.ckpt")
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    cases = [(a_file, "is a file: expected a folder"), (a_file / "sub", "cannot write to")]
+    if os.geteuid() != 0:  # root writes to read-only folders
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o500)
+        cases.append((read_only, "cannot write to"))
+    for out_dir, why in cases:
+        with pytest.raises(SystemExit) as info:
+            cli_main(["export", str(ckpt), "--out-dir", str(out_dir), "--no-onnx", "--no-int8"])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("speechcnn export: error: ") and str(out_dir) in line and why in line

@@ -103,3 +103,15 @@ def test_buffers_move_with_module():
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         LogMelFeatures(**kwargs)
+
+
+def test_empty_mel_filters_are_refused_naming_the_fft_and_its_bins():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torchaudio warning ahead of the error
+        with pytest.raises(ValueError) as info:
+            LogMelFeatures(16000, n_mels=400, win_ms=40.0)
+    message = str(info.value)
+    assert "n_mels=400" in message and "640-point FFT" in message and "321" in message
+    LogMelFeatures(16000, n_mels=128, win_ms=25.0)  # a dense but valid filterbank

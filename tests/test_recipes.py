@@ -13,6 +13,7 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from speechcnn.checkpoints import load_checkpoint
 from speechcnn.cli import SpeechCNNCLI, main
 from speechcnn.model import ClassifierConfig, build_classifier
 
@@ -81,7 +82,7 @@ def test_recipe_prints_and_writes_metrics(recipe_run):
     # what was tested: the weights after the last epoch
     assert metrics["test_checkpoint"] == "last"
     assert metrics["tested_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert last["epoch"] == 1  # the second and last epoch, whether or not it was the best
 
 
@@ -104,7 +105,7 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_validation_got_worse(
     trainer.fit(WorseEveryEpoch())
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["best-000.ckpt", "last.ckpt"]
-    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    last = load_checkpoint(folder / "last.ckpt")
     assert last["epoch"] == 2
 
 
@@ -131,13 +132,15 @@ class WorseEveryEpoch(pl.LightningModule):
         return DataLoader(TensorDataset(torch.ones(2)), batch_size=2)
 
 
-def test_recipe_resumes_from_last_checkpoint(recipe_run):
-    run_dir, cmd, _ = recipe_run
-    cmd = [c if c != "2" else "3" for c in cmd]  # --trainer.max_epochs 3
+def test_rerunning_a_finished_run_resumes_it_and_trains_nothing_more(recipe_run):
+    # A run stopped mid-way resumes exactly (test_resume.py); a finished one resumes at its end.
+    run_dir, cmd, stdout = recipe_run
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in out.stdout
-    assert json.loads(out.stdout.strip().splitlines()[-1])["epochs"] == 3
+    again = json.loads(out.stdout.strip().splitlines()[-1])
+    first = json.loads(stdout.strip().splitlines()[-1])
+    assert again["epochs"] == 2 and again["test_accuracy"] == first["test_accuracy"]
 
 
 def test_cli_tests_saved_run_on_official_layout(recipe_run, official_test_root, capsys):

@@ -4,6 +4,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from speechcnn.checkpoints import load_module
 from speechcnn.data.speech_commands import SpeechCommandsDataModule
 from speechcnn.model import ClassifierConfig
 from speechcnn.training import SpeechClassifierModule
@@ -36,8 +37,7 @@ def test_checkpoint_loads_without_config(speech_commands_root, tmp_path):
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     # Plain hyperparameters: the checkpoint loads with torch's safe (weights-only) unpickler.
-    torch.load(path, map_location="cpu", weights_only=True)
-    loaded = SpeechClassifierModule.load_from_checkpoint(path, map_location="cpu")
+    loaded = load_module(path)
     assert loaded.class_names == ["a", "b", "c"] and loaded.hparams.sample_rate == 8000
     assert loaded.hparams.net == dataclasses.asdict(TINY)
     wave = torch.randn(2, 8000)

@@ -12,6 +12,15 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the reason."""
 
 
+def wav_files(folder: str | Path) -> list[Path]:
+    """The .wav files directly in `folder`, sorted, whatever the case of the suffix (.WAV, .Wav:
+    recorders and other operating systems write them so)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".wav" and p.is_file())
+
+
 def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
     """Decode an audio file to mono float32 in [-1, 1], resampled to `sample_rate` if given.
 

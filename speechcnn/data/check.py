@@ -179,8 +179,13 @@ class CheckReport:
         """No unusable file and no split-list problem (fixable problems are fine)."""
         return not self.unusable_paths() and not self.missing_listed and not self.split_overlap
 
-    def table(self, max_names: int = 20) -> str:
-        """Summary table: files per problem and what training does, then the skipped files."""
+    def paths_with(self, kind: str) -> list[str]:
+        """Sorted paths of the files with problem `kind`."""
+        return sorted(p for p, entry in self.files.items() if kind in entry["problems"])
+
+    def table(self, max_names: int = 20, per_kind: int = 3) -> str:
+        """Summary table: files per problem and what training does, the skipped files, then
+        the files fixed on load (the first `per_kind` of each kind; all in the JSON report)."""
         counts = self.counts()
         lines = [
             f"data check of {self.root}: {self.checked} files, expected {self.sample_rate} Hz mono"
@@ -195,6 +200,17 @@ class CheckReport:
             lines += [f"  {p}: {'; '.join(self.files[p]['details'])}" for p in skipped[:max_names]]
             if len(skipped) > max_names:
                 lines.append(f"  ... and {len(skipped) - max_names} more (see the JSON report)")
+        for kind in FIXABLE:
+            paths = self.paths_with(kind)
+            if not paths:
+                continue
+            files = f"{len(paths)} file" + ("s" if len(paths) > 1 else "")
+            lines.append(f"{ACTIONS[kind]} ({kind}, {files}):")
+            for p in paths[:per_kind]:
+                detail = self.files[p]["details"][self.files[p]["problems"].index(kind)]
+                lines.append(f"  {p}: {detail}")
+            if len(paths) > per_kind:
+                lines.append(f"  ... and {len(paths) - per_kind} more (see the JSON report)")
         for name, paths in (("listed but missing", self.missing_listed),
                             ("in both split lists", self.split_overlap)):  # fmt: skip
             if paths:
@@ -213,6 +229,7 @@ class CheckReport:
             "ok": self.ok,
             "counts": dict(self.counts()),
             "skipped": sorted(self.unusable_paths()),
+            "fixed": {kind: self.paths_with(kind) for kind in FIXABLE},
             "files": self.files,
             "missing_listed": self.missing_listed,
             "split_overlap": self.split_overlap,

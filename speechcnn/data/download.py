@@ -32,6 +32,25 @@ class DownloadError(RuntimeError):
     """A download or archive that could not be used; the message says why and what to do."""
 
 
+def may_download(
+    target: str | Path, download: bool | None, default: str | Path | None = None
+) -> bool:
+    """Whether a data folder `target` that is missing may be fetched from the internet.
+
+    `download=True` asks for it; `download=False` never fetches; `download=None` (the data
+    modules' default) fetches only into `default`, the documented location: a mistyped
+    `--data.root` must fail with "does not exist", not start a 2.3 GB download next to the typo.
+
+    Raises:
+        ValueError: `download` is not True, False or None.
+    """
+    if download is not None and not isinstance(download, bool):
+        raise ValueError(f"download must be true, false or null, got {download!r}")
+    if download is not None:
+        return download
+    return default is not None and Path(target).resolve() == Path(default).resolve()
+
+
 def sha256_of(path: str | Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -14,11 +14,12 @@ import logging
 import re
 from pathlib import Path
 
+from speechcnn.data.audio import wav_files
 from speechcnn.data.folder import FolderDataError, Item, LabelledAudioDataModule
 
 log = logging.getLogger(__name__)
 
-FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
+FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$", re.IGNORECASE)
 FSDD_SPLITS = ("takes", "speakers")
 DIGITS = [str(d) for d in range(10)]
 TEST_TAKES = 5  # the data set's convention: takes 0-4 are the test set
@@ -86,7 +87,7 @@ class FSDDDataModule(LabelledAudioDataModule):
                 "at its recordings/ folder"
             )
         items, strangers = [], []
-        for path in sorted(root.glob("*.wav")):
+        for path in wav_files(root):
             parsed = parse_fsdd_name(path.name)
             if parsed is None:
                 strangers.append(path.name)

@@ -7,10 +7,18 @@ import logging
 import sys
 from pathlib import Path
 
+from speechcnn.data.check import CheckReport
 from speechcnn.data.folder import FolderDataError, LabelledAudioDataModule
 from speechcnn.data.fsdd import FSDDDataModule
-from speechcnn.data.speech_commands import DataError, SpeechCommandsDataModule
+from speechcnn.data.speech_commands import GET_DATA, DataError, SpeechCommandsDataModule
 from speechcnn.data.store import cache_home
+
+LAYOUTS = ("speech_commands", "folder", "fsdd")
+LAYOUT_NAMES = {
+    "speech_commands": "Speech Commands v0.02 (word folders and split lists)",
+    "folder": "class sub-folders (ROOT/<class>/<file>)",
+    "fsdd": "FSDD recordings ({digit}_{speaker}_{take}.wav)",
+}
 
 
 def detect_layout(root: Path) -> str:
@@ -20,6 +28,33 @@ def detect_layout(root: Path) -> str:
     if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
         return "folder"
     return "fsdd"
+
+
+def check_layout(layout: str, root: Path, args: argparse.Namespace) -> CheckReport:
+    """The data check of `root` read as `layout`; a DataError or FolderDataError says why the
+    folder is not in that layout."""
+    kwargs = {"root": str(root), "check": False, "cache_dir": args.cache_dir}
+    if layout == "speech_commands":
+        # The check flags clips longer than 1.5 clip lengths.
+        clip_seconds = (args.max_seconds or 1.5) / 1.5
+        module = SpeechCommandsDataModule(
+            sample_rate=args.sample_rate or 16000, clip_seconds=clip_seconds, **kwargs
+        )
+    elif layout == "fsdd":
+        module = FSDDDataModule(
+            sample_rate=args.sample_rate or 8000, max_seconds=args.max_seconds, **kwargs
+        )
+    else:
+        module = LabelledAudioDataModule(
+            manifest=args.manifest, sample_rate=args.sample_rate or 16000,
+            max_seconds=args.max_seconds, **kwargs,
+        )  # fmt: skip
+    return module.data_check(cache=not args.no_cache)
+
+
+def _fail(message: str) -> None:
+    print(f"speechcnn check-data: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,29 +79,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     root = Path(args.root)
-    layout = "folder" if args.manifest else args.layout
-    if layout == "auto":
-        layout = detect_layout(root)
-    kwargs = {"root": str(root), "check": False, "cache_dir": args.cache_dir}
-    try:
-        if layout == "speech_commands":
-            # The check flags clips longer than 1.5 clip lengths.
-            clip_seconds = (args.max_seconds or 1.5) / 1.5
-            module = SpeechCommandsDataModule(
-                sample_rate=args.sample_rate or 16000, clip_seconds=clip_seconds, **kwargs
-            )
-        elif layout == "fsdd":
-            module = FSDDDataModule(
-                sample_rate=args.sample_rate or 8000, max_seconds=args.max_seconds, **kwargs
-            )
-        else:
-            module = LabelledAudioDataModule(
-                manifest=args.manifest, sample_rate=args.sample_rate or 16000,
-                max_seconds=args.max_seconds, **kwargs,
-            )  # fmt: skip
-        report = module.data_check(cache=not args.no_cache)
-    except (DataError, FolderDataError) as error:
-        sys.exit(f"check-data: {error}")
+    layouts = "; ".join(LAYOUT_NAMES.values())
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        _fail(f"{root} {what}: expected a data folder in one of the layouts {layouts}")
+    if not any(root.iterdir()):
+        _fail(f"{root} is empty: expected a data folder in one of the layouts {layouts}")
+    if args.manifest:
+        tried = ["folder"]
+    elif args.layout != "auto":
+        tried = [args.layout]
+    else:  # the detected layout first, then the others: report why each one failed
+        first = detect_layout(root)
+        tried = [first, *(layout for layout in LAYOUTS if layout != first)]
+    failures = []
+    report = None
+    for layout in tried:
+        try:
+            report = check_layout(layout, root, args)
+            break
+        except (DataError, FolderDataError) as error:
+            why = str(error).replace(f" {GET_DATA}", "")
+            failures.append(f"as {LAYOUT_NAMES[layout]}: {why}")
+    if report is None:
+        if len(failures) == 1:
+            _fail(failures[0])
+        _fail(f"{root} is in none of the layouts tried: " + " | ".join(failures))
     print(report.table())
     print(f"JSON report: {report.write_json(args.report)}")
     if not report.ok:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from speechcnn.data.audio import wav_files
 from speechcnn.data.base import ClipDataModule, Extra, Items
 from speechcnn.data.check import CheckReport, check_items
 from speechcnn.data.clips import iter_decoded
-from speechcnn.data.download import DownloadError, fetch_and_extract
+from speechcnn.data.download import DownloadError, fetch_and_extract, may_download
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ SPLITS = ("train", "val", "test")
 GET_DATA = (
     "Download and extract speech_commands_v0.02.tar.gz "
     "(http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz) and point --data.root "
-    "at the extracted folder; see data/README.md"
+    "at the extracted folder, or pass --data.download true to fetch it there (2.3 GB); see "
+    "data/README.md"
 )
+DEFAULT_ROOT = "data/speech_commands_v0.02"
 
 
 class DataError(ValueError):
@@ -88,7 +91,7 @@ def index_speech_commands(
     test = read_split_list(lists["testing_list.txt"])
     splits: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
     for word in words:
-        for wav in sorted((root / word).glob("*.wav")):
+        for wav in wav_files(root / word):
             rel = f"{word}/{wav.name}"
             split = "val" if rel in val else "test" if rel in test else "train"
             splits[split].append((rel, word))
@@ -110,7 +113,7 @@ def read_noise(root: str | Path, sample_rate: int) -> list[np.ndarray]:
         raise DataError(
             f"{folder} does not exist: the 12-class task cuts _silence_ from it. {GET_DATA}"
         )
-    wavs = [(wav, 0) for wav in sorted(folder.glob("*.wav"))]
+    wavs = [(wav, 0) for wav in wav_files(folder)]
     noise = [samples for samples, _, _ in iter_decoded(wavs, sample_rate, skipped=[])]
     if not noise:
         raise DataError(f"{folder} holds no readable .wav recordings. {GET_DATA}")
@@ -133,6 +136,11 @@ def cut_silence(
 def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[Path, int]]:
     """Clips of a folder in the official 12-class test layout (one folder per class name)."""
     test_root = Path(test_root)
+    if not test_root.is_dir():
+        raise DataError(
+            f"test set folder {test_root} does not exist: expected the extracted "
+            "speech_commands_test_set_v0.02 (one folder per class, _unknown_ and _silence_ too)"
+        )
     missing = [n for n in names if not (test_root / n).is_dir()]
     if missing:
         raise DataError(
@@ -143,7 +151,7 @@ def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[P
     items = []
     for label, name in enumerate(names):
         # Unknown clips are named like backward_0c540988_nohash_0.wav.wav: match any *.wav.
-        items += [(p, label) for p in sorted((test_root / name).glob("*.wav"))]
+        items += [(p, label) for p in wav_files(test_root / name)]
     return items
 
 
@@ -228,8 +236,10 @@ class SpeechCommandsDataModule(ClipDataModule):
         clip_seconds: clip length.
         seed: seed of the unknown subsampling and the silence clips (and of the order of
             device-resident training batches).
-        download: fetch and extract the data set into `root` (and the official test set into
-            `test_root`) when that folder is missing; a valid folder is used as it is.
+        download: fetch and extract the data set into `root` (and, while fitting, the official
+            test set into `test_root`) when that folder is missing; None (the default) fetches
+            only into the default `root`, so a mistyped root is "does not exist", and testing
+            never fetches a given `test_root`. A valid folder is used as it is.
         url: where speech_commands_v0.02.tar.gz is fetched from (a mirror works: the file is
             checked against the published sha256).
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
@@ -244,7 +254,7 @@ class SpeechCommandsDataModule(ClipDataModule):
 
     def __init__(
         self,
-        root: str = "data/speech_commands_v0.02",
+        root: str = DEFAULT_ROOT,
         task: str = "12",
         test_root: str | None = None,
         sample_rate: int = 16000,
@@ -260,7 +270,7 @@ class SpeechCommandsDataModule(ClipDataModule):
         cache: bool = True,
         cache_dir: str | None = None,
         resident: bool | None = None,
-        download: bool = False,
+        download: bool | None = None,
         url: str = SPEECH_COMMANDS_URL,
         test_url: str = TEST_SET_URL,
         check: bool = True,
@@ -270,6 +280,9 @@ class SpeechCommandsDataModule(ClipDataModule):
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if test_root is not None and task != "12":
             raise ValueError(f"test_root holds the official 12-class test set; task is {task!r}")
+        if not str(root).strip():
+            raise ValueError(f"root must name the data set's folder, got {root!r}")
+        may_download(root, download)  # a bad value fails here, not at prepare_data
         super().__init__(
             root, class_names(task), sample_rate, round(sample_rate * clip_seconds),
             batch_size=batch_size, num_workers=num_workers, time_shift_ms=time_shift_ms,
@@ -343,6 +356,17 @@ class SpeechCommandsDataModule(ClipDataModule):
         )
 
     def prepare_data(self) -> None:
-        """With `download`, fetch and extract whatever of root / test_root is missing."""
-        if self.download:
-            ensure_speech_commands(self.root, self.url, self.test_root, self.test_url)
+        """Fetch and extract what of root / test_root is missing and `may_download` allows."""
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        if not fitting and self.test_root is not None:
+            return  # testing on a given folder: nothing to fetch, a typo is "does not exist"
+        fetch_root = not self.root.is_dir() and may_download(self.root, self.download, DEFAULT_ROOT)
+        fetch_test = (
+            fitting
+            and self.test_root is not None
+            and not Path(self.test_root).is_dir()
+            and self.download is True
+        )
+        if fetch_root or fetch_test:
+            test_root = self.test_root if fetch_test else None
+            ensure_speech_commands(self.root, self.url, test_root, self.test_url)
