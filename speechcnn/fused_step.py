@@ -1,8 +1,9 @@
 """A fused, compiled form of `SpeechClassifier.infer` for streaming on the CPU.
 
 At 10-20 ms chunks a stream's cost is the number of operations, not the arithmetic: the
-model's own modules take about 0.75 ms per 20 ms chunk on one CPU thread (a real-time factor
-of 0.04: PyTorch's convolution and LSTM kernels are built for batches, not for one frame).
+model's own modules take about 0.62 ms per 20 ms chunk on one CPU thread (a real-time factor
+of 0.031 in benchmarks/inference.py): PyTorch's convolution and LSTM kernels are built for
+batches, not for one frame.
 `FrameStep` computes the same function from the model's weights, copied when it is built: the
 STFT as an rfft of the chunk's frames, batch norms folded into affine maps, each (k, 1)
 convolution as one matrix product over the frames' frequency windows, the LSTM cell as one
