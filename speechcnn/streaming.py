@@ -121,6 +121,7 @@ class Streamer:
         self.max_frames_per_step = max_frames_per_step
         self.num_classes: int = model.head.classifier.out_features
         self._step: torch.nn.Module | None = None
+        self._device = next(model.parameters()).device
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
         if fused and on_cpu and FrameStep.usable(model):
             # The trial input: one frame's samples, from the start-of-stream state.
@@ -133,7 +134,9 @@ class Streamer:
     def reset(self) -> None:
         """Forget the stream: no pending samples, zero LSTM state, frame count 0."""
         self._pending = torch.zeros(0)
-        self._state: StreamState = self.model.head.initial_state()
+        # on the model's device, where `SpeechClassifier.infer` carries it from chunk to chunk
+        state = self.model.head.initial_state()
+        self._state: StreamState = tuple(t.to(self._device) for t in state)
         self.frames_done = 0
         self.samples_seen = 0
 
@@ -189,10 +192,8 @@ class Streamer:
             features, posteriors, *state = self._step(span, *self._state)  # (T, F), (T, K)
             self._state = tuple(state)
             return features.T, posteriors  # (T, F) -> (F, T)
-        device = next(self.model.parameters()).device
-        state = tuple(t.to(device) for t in self._state)
         # (S,) -> (1, S); out (1, F, T) and (1, T, K)
-        features, logits, self._state = self.model.infer(span.to(device)[None], state)
+        features, logits, self._state = self.model.infer(span.to(self._device)[None], self._state)
         return features[0].cpu(), logits[0].softmax(dim=-1).cpu()
 
 
