@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from speechcnn import frontend  # noqa: E402
-from speechcnn.data.clips import BatchAugment, to_float  # noqa: E402
+from speechcnn.augment import Augmentation, AugmentConfig  # noqa: E402
+from speechcnn.data.clips import to_float  # noqa: E402
 from speechcnn.data.speech_commands import KEYWORDS, SpeechCommandsDataModule  # noqa: E402
 from speechcnn.features import LogMelFeatures  # noqa: E402
 from speechcnn.model import ClassifierConfig, build_classifier  # noqa: E402
@@ -375,11 +376,8 @@ def run_bare(
         t.to(device) for t in (clips.waveforms, clips.lengths, clips.labels)
     )
     model = build_classifier(net, data.num_classes, data.sample_rate).to(device).train()
-    augment = BatchAugment(
-        data.augment.noise,
-        data.augment.shift_samples,
-        data.augment.noise_prob,
-        data.augment.noise_volume,
+    augment = Augmentation(
+        AugmentConfig(**model_args.get("augment", {})), data.sample_rate, data.training_noise
     ).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -394,10 +392,11 @@ def run_bare(
     def step(i: int) -> None:
         start = i * batch % max(1, len(clips) - batch)
         index = order[start : start + batch]
-        x = augment(to_float(waveforms[index]), lengths[index])
+        x = augment.waveforms(to_float(waveforms[index]), lengths[index])
         with autocast(device, precision):
+            features = augment.features(model.features, x)
             loss = F.cross_entropy(
-                model(x, lengths[index]),
+                model.classify_features(features, model.frame_lengths(lengths[index])),
                 labels[index],
                 label_smoothing=model_args.get("label_smoothing", 0.0),
             )
@@ -479,10 +478,10 @@ def run_tutorial(
 ) -> dict:
     torch.manual_seed(0)
     items = data.split_items("train")
-    a = data.augment
+    a = Augmentation(AugmentConfig(**model_args.get("augment", {})), data.sample_rate)
     dataset = TutorialDataset(
         [(str(p), y) for p, y in items],
-        a.noise.cpu().numpy(),
+        data.training_noise.numpy(),
         net,
         {"shift": a.shift_samples, "prob": a.noise_prob, "volume": a.noise_volume},
     )
@@ -506,7 +505,7 @@ def run_tutorial(
             features = features.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with autocast(device, precision):
-                x = model.features.spec_augment(features)  # (B, F, T), batched as usual
+                x = a.spec_augment(features)  # (B, F, T), batched as usual
                 logits = model.classify_features(x, frames)
                 loss = F.cross_entropy(
                     logits, labels, label_smoothing=model_args.get("label_smoothing", 0.0)

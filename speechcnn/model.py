@@ -324,12 +324,6 @@ class ClassifierConfig:
     win_ms: float = 40.0
     hop_ms: float = 20.0
     n_mfcc: int | None = None
-    freq_masks: int = 2
-    freq_mask_width: int = 5
-    time_masks: int = 2
-    time_mask_width: int = 5
-    freq_warp: float = 0.1
-    spectral_eq_db: float = 0.0
     input_norm: bool = True
     cnn_channels: tuple[int, ...] = (32, 64, 64)
     cnn_kernels: tuple[int, ...] = (5, 5, 3)
@@ -355,12 +349,6 @@ def build_classifier(
         win_ms=c.win_ms,
         hop_ms=c.hop_ms,
         n_mfcc=c.n_mfcc,
-        freq_masks=c.freq_masks,
-        freq_mask_width=c.freq_mask_width,
-        time_masks=c.time_masks,
-        time_mask_width=c.time_mask_width,
-        freq_warp=c.freq_warp,
-        spectral_eq_db=c.spectral_eq_db,
     )
     frontend = FrequencyCNN(
         features.out_features,

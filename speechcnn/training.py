@@ -12,11 +12,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from speechcnn.augment import Augmentation, AugmentConfig
 from speechcnn.data.clips import Batch
 from speechcnn.frontend import count_parameters
 from speechcnn.model import ClassifierConfig, SpeechClassifier, build_classifier
 
 SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+# What checkpoints once kept among the network's settings and now `augment` holds.
+TRAINING_ONLY = ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "freq_warp",
+                 "spectral_eq_db")  # fmt: skip
 
 
 def config_from_dict(net: dict) -> ClassifierConfig:
@@ -29,6 +35,8 @@ def config_from_dict(net: dict) -> ClassifierConfig:
     net = dict(net)
     if net.get("members", 1) == 1:
         net.pop("members", None)  # `members: 1` records a single model
+    for name in TRAINING_ONLY:  # augmentation settings, which change no trained weight's use
+        net.pop(name, None)
     fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
     unknown = sorted(set(net) - fields)
     if unknown:
@@ -56,8 +64,9 @@ class SpeechClassifierModule(pl.LightningModule):
             (opt-in: compiling takes a while; state-dict keys are unchanged).
         ema_decay: keep an exponential moving average of the weights with this decay (0: off);
             validation, testing, prediction and `load_classifier` then use the average.
-        mixup_alpha: mix each training batch with a shuffled copy of itself, weight drawn from
-            Beta(alpha, alpha), and the loss mixed alike (0: off).
+        augment: what training changes in each clip (an AugmentConfig, or its fields as a
+            dict): speed, time shift, level, background noise from the data module, mixup,
+            frequency warping, random equalisation and SpecAugment (`speechcnn.augment`).
     """
 
     def __init__(
@@ -72,7 +81,7 @@ class SpeechClassifierModule(pl.LightningModule):
         warmup_fraction: float = 0.1,
         compile: bool = False,
         ema_decay: float = 0.0,
-        mixup_alpha: float = 0.0,
+        augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -81,13 +90,15 @@ class SpeechClassifierModule(pl.LightningModule):
             raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        if mixup_alpha < 0.0:
-            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
         if isinstance(net, dict):  # as load_from_checkpoint passes it back
             net = config_from_dict(net)
-        self.save_hyperparameters(ignore=["net"])
+        if isinstance(augment, dict):
+            augment = AugmentConfig(**augment)
+        self.save_hyperparameters(ignore=["net", "augment"])
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
         self.hparams["net"] = dataclasses.asdict(net)
+        self.hparams["augment"] = dataclasses.asdict(augment)
+        self.augment = Augmentation(augment, sample_rate)
         self.class_names = list(class_names)
         self.model: SpeechClassifier = build_classifier(net, len(class_names), sample_rate)
         # The average is a frozen copy that only on_train_batch_end writes to.
@@ -127,16 +138,10 @@ class SpeechClassifierModule(pl.LightningModule):
             logits = self.inference_model(waveforms, lengths)
             loss = F.cross_entropy(logits, labels)
         else:
-            targets = [(labels, 1.0)]
-            if self.hparams.mixup_alpha > 0:
-                alpha = self.hparams.mixup_alpha
-                # Drawn on the CPU generator, so a seed fixes it on every device.
-                lam = float(torch.distributions.Beta(alpha, alpha).sample())
-                perm = torch.randperm(len(labels)).to(labels.device)
-                waveforms = lam * waveforms + (1.0 - lam) * waveforms[perm]
-                lengths = torch.maximum(lengths, lengths[perm])
-                targets = [(labels, lam), (labels[perm], 1.0 - lam)]
-            logits = self.model(waveforms, lengths)
+            waveforms = self.augment.waveforms(waveforms, lengths)
+            waveforms, lengths, targets = self.augment.mixup(waveforms, lengths, labels)
+            features = self.augment.features(self.model.features, waveforms)
+            logits = self.model.classify_features(features, self.model.frame_lengths(lengths))
             smoothing = self.hparams.label_smoothing
             loss = sum(
                 weight * F.cross_entropy(logits, target, label_smoothing=smoothing)
@@ -166,6 +171,12 @@ class SpeechClassifierModule(pl.LightningModule):
         if stage == "test":
             self.test_confusion.update(preds, labels)
         return loss
+
+    def setup(self, stage: str) -> None:
+        """Before training: the data module's background noise, for `augment` to mix in."""
+        noise = getattr(self.trainer.datamodule, "training_noise", None) if self._trainer else None
+        if stage == "fit" and noise is not None:
+            self.augment.set_noise(noise)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

@@ -40,11 +40,11 @@ def make_data(kind, tmp_path, **kwargs):
 
 @pytest.mark.parametrize("kind", ["fsdd", "folder"])
 def test_trains_from_the_store_with_resident_batches(kind, tmp_path, caplog):
-    augment = {"time_shift_ms": 20.0, "gain_db": 6.0, "speed_perturb": 0.1}
+    augment = {"time_shift_ms": 20.0, "gain_db": 6.0, "speed": 0.1, "noise_snr_db": (0, 20)}
     pl.seed_everything(0)
-    data = make_data(kind, tmp_path, **augment)
+    data = make_data(kind, tmp_path)
     module = SpeechClassifierModule(
-        data.class_names, sample_rate=data.sample_rate, net=TINY, schedule="cosine"
+        data.class_names, data.sample_rate, net=TINY, schedule="cosine", augment=augment
     )
     trainer = pl.Trainer(
         max_epochs=1,
@@ -61,8 +61,8 @@ def test_trains_from_the_store_with_resident_batches(kind, tmp_path, caplog):
     assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
     for waveforms, lengths, _ in loader:
         assert waveforms.dtype == torch.int16 and waveforms.shape[1] == int(lengths.max())
-    assert data.augment.shift_samples == round(data.sample_rate * 0.02)
-    assert (data.augment.noise.numel() > 0) == (kind == "folder")
+    assert module.augment.shift_samples == round(data.sample_rate * 0.02)
+    assert (module.augment.noise.numel() > 0) == (kind == "folder")  # the folder has noise_dir
     entries = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "store").glob("*-*"))
     assert entries == [f"{data.name}-train", f"{data.name}-val"]
 

@@ -1,5 +1,3 @@
-import math
-
 import librosa
 import numpy as np
 import pytest
@@ -36,51 +34,6 @@ def test_log_is_finite_on_silence_and_mfcc_shape():
     assert torch.isfinite(out).all()
 
 
-def test_spec_augment_only_in_training():
-    features = LogMelFeatures(freq_masks=2, freq_mask_width=8, time_masks=2, time_mask_width=20)
-    wave = torch.randn(4, 16000) * 0.1
-    features.eval()
-    assert torch.equal(features(wave), features(wave))
-    features.train()
-    torch.manual_seed(0)
-    assert not torch.equal(features(wave), features.eval()(wave))
-
-
-def test_freq_warp_moves_formants_within_its_range():
-    features = LogMelFeatures(freq_warp=0.2)
-    power = torch.zeros(256, 201, 3)
-    power[:, 50] = 1.0  # one spectral peak at bin 50 (2 kHz)
-    torch.manual_seed(0)
-    peaks = features.warp_frequency(power).argmax(dim=1)  # (B, T)
-    # Output bin k reads input bin k * alpha, so the peak moves to 50 / alpha.
-    assert (peaks >= 50 / 1.2 - 1).all() and (peaks <= 50 / 0.8 + 1).all()
-    assert (peaks == peaks[:, :1]).all()  # one factor per clip, the same for every frame
-    assert peaks[:, 0].unique().numel() > 10  # clips get different factors
-
-
-def test_freq_warp_only_in_training():
-    features = LogMelFeatures(freq_warp=0.1)
-    wave = torch.randn(4, 16000) * 0.1
-    assert torch.equal(features.eval()(wave), LogMelFeatures().eval()(wave))
-    torch.manual_seed(0)
-    assert not torch.allclose(features.train()(wave), LogMelFeatures().train()(wave))
-
-
-def test_spectral_eq_colours_each_clip_smoothly_within_its_range_in_training_only():
-    features = LogMelFeatures(n_mels=40, spectral_eq_db=6.0)
-    wave = torch.randn(64, 16000) * 0.1
-    plain = LogMelFeatures(n_mels=40).eval()(wave)
-    assert torch.equal(features.eval()(wave), plain)
-    torch.manual_seed(0)
-    # log-mel difference in dB: (B, F, T)
-    curves = (features.train()(wave) - plain) * 10 / math.log(10)
-    assert (curves - curves[:, :, :1]).abs().max() < 0.05  # the same curve for every frame
-    curve = curves[:, :, 0]  # (B, F)
-    assert curve.abs().max() <= 6.0 + 0.05 and curve.abs().max() > 2.0
-    assert curve.diff(dim=1).abs().max() < 6.0 * math.pi * 6 / 40  # smooth: |d/df| of 3 cosines
-    assert curve.std(dim=0).min() > 0.5  # clips get different curves
-
-
 def test_buffers_move_with_module():
     features = LogMelFeatures()
     names = {name for name, _ in features.named_buffers()}
@@ -96,8 +49,6 @@ def test_buffers_move_with_module():
         {"hop_ms": -1},
         {"n_mfcc": 80},
         {"f_max": 9000.0},
-        {"freq_warp": 1.0},
-        {"spectral_eq_db": -1.0},
     ],
 )
 def test_bad_arguments_raise(kwargs):

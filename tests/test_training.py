@@ -11,7 +11,7 @@ from speechcnn.training import SpeechClassifierModule
 
 TINY = ClassifierConfig(
     n_mels=32, cnn_channels=(8, 16), cnn_kernels=(5, 5), cnn_pools=(2, 2), lstm_hidden=32,
-    lstm_layers=1, pooling="mean", freq_masks=1, time_masks=1,
+    lstm_layers=1, pooling="mean",
 )  # fmt: skip
 
 
@@ -87,7 +87,9 @@ def test_ema_averages_weights_and_is_what_gets_evaluated(speech_commands_root, t
 def test_mixup_trains(speech_commands_root, tmp_path):
     pl.seed_everything(0)
     data = SpeechCommandsDataModule(root=str(speech_commands_root), batch_size=16)
-    module = SpeechClassifierModule(data.class_names, data.sample_rate, net=TINY, mixup_alpha=0.4)
+    module = SpeechClassifierModule(
+        data.class_names, data.sample_rate, net=TINY, augment={"mixup_alpha": 0.4}
+    )
     trainer = _fit_briefly(module, data, tmp_path)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert module.inference_model is module.model
@@ -95,7 +97,7 @@ def test_mixup_trains(speech_commands_root, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"ema_decay": 1.0}, "ema_decay"), ({"mixup_alpha": -0.1}, "mixup_alpha"),
+    [({"ema_decay": 1.0}, "ema_decay"), ({"augment": {"mixup_alpha": -0.1}}, "mixup_alpha"),
      ({"schedule": "linear"}, "schedule"), ({"warmup_fraction": 1.0}, "warmup_fraction")],
 )  # fmt: skip
 def test_bad_arguments_raise(kwargs, message):

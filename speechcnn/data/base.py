@@ -1,9 +1,10 @@
 """The data module every data set shares: clips decoded once into the waveform store, splits
-resident on the training device, the data check, and batched augmentation on that device.
+resident on the training device, and the data check.
 
 A data set subclasses `ClipDataModule` and supplies only what is its own: the files of each
 split (`split_items`), clips it makes itself (`extra_clips`, e.g. silence), background noise
-to mix into training clips (`noise`) and the check of its files (`data_check`).
+that training mixes into its clips (`noise`, read by `speechcnn.augment` through the
+LightningModule) and the check of its files (`data_check`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from speechcnn.data.check import CheckReport
 from speechcnn.data.clips import (
     Batch,
-    BatchAugment,
     ClipSet,
     ResidentBatches,
     decode_clips,
@@ -47,13 +48,6 @@ class ClipDataModule(pl.LightningDataModule):
         min_samples: with num_samples None, shorter clips count as zero-padded to this length.
         batch_size: clips per batch.
         num_workers: DataLoader workers (clips are already decoded in memory: 0 is fastest).
-        time_shift_ms: maximum random time shift in training.
-        noise_prob: probability of mixing background noise into a training clip (when the
-            data set provides noise).
-        noise_volume: maximum background-noise gain in training.
-        speed_perturb: maximum relative speed change in training: each clip is played at a
-            rate drawn from [1 - speed_perturb, 1 + speed_perturb] (0: off).
-        gain_db: maximum level change of a training clip in dB, before noise (0: off).
         seed: seed of the order of device-resident training batches (and of a data set's
             own random choices).
         cache: decode every clip once into the waveform store (speechcnn.data.store) and
@@ -79,11 +73,6 @@ class ClipDataModule(pl.LightningDataModule):
         min_samples: int = 0,
         batch_size: int = 64,
         num_workers: int = 0,
-        time_shift_ms: float = 0.0,
-        noise_prob: float = 0.8,
-        noise_volume: float = 0.1,
-        speed_perturb: float = 0.0,
-        gain_db: float = 0.0,
         seed: int = 0,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -111,14 +100,8 @@ class ClipDataModule(pl.LightningDataModule):
         self.check = check
         self.check_report: CheckReport | None = None
         self.unusable: set[str] = set()  # paths the data check found unusable
-        self.augment = BatchAugment(
-            shift_samples=round(sample_rate * time_shift_ms / 1000),
-            noise_prob=noise_prob,
-            noise_volume=noise_volume,
-            speed=speed_perturb,
-            gain_db=gain_db,
-        )
         self.clips: dict[str, ClipSet] = {}
+        self.training_noise: Tensor | None = None  # noise() concatenated, read by setup("fit")
 
     def split_items(self, split: str) -> Items:
         """(path, label) of the files of a split."""
@@ -198,9 +181,9 @@ class ClipDataModule(pl.LightningDataModule):
         if stage in (None, "fit"):
             self._load("train")
             self._load("val")
-            if self.augment.noise_prob > 0 and self.augment.noise.numel() == 0:
-                if noise := self.noise():
-                    self.augment.noise = torch.from_numpy(np.concatenate(noise))
+            if self.training_noise is None:
+                noise = self.noise()
+                self.training_noise = torch.from_numpy(np.concatenate(noise)) if noise else None
         if stage in (None, "fit", "validate"):
             self._load("val")
         if stage in (None, "test", "predict"):
@@ -235,9 +218,7 @@ class ClipDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Float conversion, and in training the augmentation, on the batch's device."""
+        """Float conversion on the batch's device (training's changes are the model's:
+        `speechcnn.augment`)."""
         waveforms, lengths, labels = batch
-        waveforms = to_float(waveforms)
-        if self.trainer is not None and self.trainer.training:
-            waveforms = self.augment.to(waveforms.device)(waveforms, lengths)
-        return waveforms, lengths, labels
+        return to_float(waveforms), lengths, labels

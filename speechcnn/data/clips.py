@@ -1,8 +1,7 @@
-"""Decoded clips held in memory, and the batched augmentation that runs on the model's device.
+"""Decoded clips held in memory, and their batches.
 
 Every clip is decoded once into an int16 row of a (N, S) tensor. A batch is a row selection:
-(int16 waveforms, lengths, labels). Conversion to float and augmentation (time shift and
-background noise) happen after the batch reaches the device, on the whole batch at once.
+(int16 waveforms, lengths, labels), converted to float after it reaches the device.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from speechcnn.data.audio import AudioError, fit_length, read_audio
@@ -125,110 +124,6 @@ def to_float(waveforms: Tensor) -> Tensor:
     if waveforms.dtype == torch.int16:
         return waveforms.float() / 32768.0
     return waveforms
-
-
-class BatchAugment(nn.Module):
-    """Random speed change, time shift, gain and background-noise mixing, for a whole batch on
-    its device.
-
-    Args:
-        noise: 1-D float tensor of background noise recordings, concatenated (may be empty).
-        shift_samples: shifts are drawn uniformly from [-shift_samples, shift_samples].
-        noise_prob: probability that a clip gets noise mixed in.
-        noise_volume: the noise gain is drawn uniformly from [0, noise_volume].
-        speed: each clip is played at a rate drawn uniformly from [1 - speed, 1 + speed]
-            (0: off), which scales its duration by 1/rate and its pitch and formants by rate,
-            as sox's `speed` does: another speaker's voice, said faster or slower.
-        gain_db: each clip's level is changed by a gain drawn uniformly from
-            [-gain_db, gain_db] dB before noise is mixed in (0: off): a log-mel shifts by a
-            constant with the level, which the model should not depend on.
-    """
-
-    def __init__(
-        self,
-        noise: Tensor | None = None,
-        shift_samples: int = 1600,
-        noise_prob: float = 0.8,
-        noise_volume: float = 0.1,
-        speed: float = 0.0,
-        gain_db: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if not 0.0 <= speed < 1.0:
-            raise ValueError(f"speed must be in [0, 1), got {speed}")
-        if gain_db < 0:
-            raise ValueError(f"gain_db must be >= 0, got {gain_db}")
-        if shift_samples < 0:
-            raise ValueError(f"shift_samples must be >= 0, got {shift_samples}")
-        if not 0.0 <= noise_prob <= 1.0:
-            raise ValueError(f"noise_prob must be in [0, 1], got {noise_prob}")
-        if noise_volume < 0:
-            raise ValueError(f"noise_volume must be >= 0, got {noise_volume}")
-        noise = torch.zeros(0) if noise is None else noise.float().flatten()
-        self.register_buffer("noise", noise, persistent=False)
-        self.shift_samples = shift_samples
-        self.noise_prob = noise_prob
-        self.noise_volume = noise_volume
-        self.speed = speed
-        self.gain_db = gain_db
-
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """Augment a batch.
-
-        Args:
-            waveforms: (B, S) float waveforms.
-            lengths: (B,) valid samples per clip; samples past a clip's length stay zero.
-
-        Returns:
-            (B, S) augmented waveforms.
-        """
-        batch, n = waveforms.shape
-        device = waveforms.device
-        positions = torch.arange(n, device=device)  # (S,)
-        valid = positions < lengths[:, None]  # (B, S)
-        if self.speed > 0:
-            waveforms = self._change_speed(waveforms, lengths)
-        if self.shift_samples > 0:
-            shift = torch.randint(
-                -self.shift_samples, self.shift_samples + 1, (batch, 1), device=device
-            )
-            source = positions - shift  # (B, S): output sample s reads input sample s - shift
-            inside = (source >= 0) & (source < lengths[:, None])
-            waveforms = torch.gather(waveforms, 1, source.clamp(0, n - 1)) * inside
-        if self.gain_db > 0:
-            db = self.gain_db * (2.0 * torch.rand(batch, 1, device=device) - 1.0)  # (B, 1)
-            waveforms = (waveforms * 10.0 ** (db / 20.0)).clamp(-1.0, 1.0)
-        if self.noise.numel() > n and self.noise_prob > 0 and self.noise_volume > 0:
-            start = torch.randint(0, self.noise.numel() - n, (batch, 1), device=device)
-            noise = self.noise[start + positions]  # (B, S)
-            gain = torch.rand(batch, 1, device=device) * self.noise_volume
-            gain = gain * (torch.rand(batch, 1, device=device) < self.noise_prob)
-            waveforms = (waveforms + gain * noise).clamp(-1.0, 1.0)
-        return waveforms * valid
-
-    def _change_speed(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """Resample each clip about its centre by linear interpolation, at a random rate.
-
-        The centre stays put, so a word in the middle of its clip stays there; a faster clip
-        ends early (zeros after), a slower one is cut at the clip's edges. No anti-aliasing
-        filter: at rate 1.1, content above 7.3 kHz folds back, where speech has little energy.
-        """
-        batch, n = waveforms.shape
-        device = waveforms.device
-        rate = 1.0 + self.speed * (2.0 * torch.rand(batch, 1, device=device) - 1.0)  # (B, 1)
-        centre = (lengths[:, None].to(waveforms.dtype) - 1.0) / 2.0  # (B, 1)
-        positions = torch.arange(n, device=device, dtype=waveforms.dtype)  # (S,)
-        source = centre + (positions - centre) * rate  # (B, S): where output sample s reads
-        left = source.floor()
-        frac = source - left
-        left = left.long()
-        inside = (left >= 0) & (left < lengths[:, None])  # reads within the clip
-        left = left.clamp(0, n - 1)
-        right = (left + 1).clamp(max=n - 1)
-        # Past the clip's last sample the right neighbour is padding (zero): a faded edge.
-        x0 = torch.gather(waveforms, 1, left)
-        x1 = torch.gather(waveforms, 1, right)
-        return (x0 + frac * (x1 - x0)) * inside
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,10 +130,9 @@ class LabelledAudioDataModule(ClipDataModule):
         test_percent: share of files (or groups) for testing when no split is given.
         group_pattern: regular expression on the file name whose first group (or whole match)
             is hashed instead of the path, so e.g. one speaker's files share a split.
-        noise_dir: a folder of background-noise recordings (any audio format) to mix into
-            training clips (None: no noise mixing).
-        sample_rate, batch_size, num_workers, time_shift_ms, noise_prob, noise_volume,
-            speed_perturb, gain_db, seed, cache, cache_dir, resident, check: as
+        noise_dir: a folder of background-noise recordings (any audio format) that training
+            mixes into clips (`model.augment`; None: no noise).
+        sample_rate, batch_size, num_workers, seed, cache, cache_dir, resident, check: as
             `ClipDataModule`'s.
     """
 
@@ -153,12 +152,7 @@ class LabelledAudioDataModule(ClipDataModule):
         group_pattern: str | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
-        time_shift_ms: float = 0.0,
         noise_dir: str | None = None,
-        noise_prob: float = 0.8,
-        noise_volume: float = 0.1,
-        speed_perturb: float = 0.0,
-        gain_db: float = 0.0,
         seed: int = 0,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -191,9 +185,8 @@ class LabelledAudioDataModule(ClipDataModule):
             root, names, sample_rate, None,
             max_samples=None if max_seconds is None else round(max_seconds * sample_rate),
             min_samples=round(min_seconds * sample_rate), batch_size=batch_size,
-            num_workers=num_workers, time_shift_ms=time_shift_ms, noise_prob=noise_prob,
-            noise_volume=noise_volume, speed_perturb=speed_perturb, gain_db=gain_db, seed=seed,
-            cache=cache, cache_dir=cache_dir, resident=resident, check=check,
+            num_workers=num_workers, seed=seed, cache=cache, cache_dir=cache_dir,
+            resident=resident, check=check,
         )  # fmt: skip
         if manifest is not None:
             self.name = f"folder-{Path(manifest).stem}"

@@ -41,7 +41,7 @@ class FSDDDataModule(LabelledAudioDataModule):
         test_speakers: with split="speakers", the speakers of the test set.
         sample_rate: sample rate the model sees (the recordings are 8 kHz).
         **kwargs: the other `LabelledAudioDataModule` arguments (batch_size, max_seconds,
-            time_shift_ms, noise_dir, cache_dir, resident, ...).
+            noise_dir, cache_dir, resident, ...).
     """
 
     name = "fsdd"

@@ -225,8 +225,8 @@ class SpeechCommandsDataModule(ClipDataModule):
 
     12 classes: the 10 keywords, `_unknown_` (every other word, subsampled to about the size of
     a keyword class) and `_silence_` (cut from `_background_noise_`, as many as a keyword
-    class). Clips are padded/trimmed to `clip_seconds`. Training batches get a random time
-    shift and background noise at random volume, applied on the training device.
+    class). Clips are padded/trimmed to `clip_seconds`; `noise()` is `_background_noise_`,
+    which training mixes into its clips (`model.augment`).
 
     Args:
         root: folder of the extracted speech_commands_v0.02 data set.
@@ -245,8 +245,8 @@ class SpeechCommandsDataModule(ClipDataModule):
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
         split_lists: a folder holding validation_list.txt and testing_list.txt to split the
             clips by instead of root's (benchmarks/accuracy.py --folds writes such folders).
-        sample_rate, batch_size, num_workers, time_shift_ms, noise_prob, noise_volume,
-            speed_perturb, gain_db, cache, cache_dir, resident, check: as `ClipDataModule`'s.
+        sample_rate, batch_size, num_workers, cache, cache_dir, resident, check: as
+            `ClipDataModule`'s.
     """
 
     data_error = DataError
@@ -261,11 +261,6 @@ class SpeechCommandsDataModule(ClipDataModule):
         clip_seconds: float = 1.0,
         batch_size: int = 64,
         num_workers: int = 0,
-        time_shift_ms: float = 100.0,
-        noise_prob: float = 0.8,
-        noise_volume: float = 0.1,
-        speed_perturb: float = 0.0,
-        gain_db: float = 0.0,
         seed: int = 0,
         cache: bool = True,
         cache_dir: str | None = None,
@@ -285,10 +280,8 @@ class SpeechCommandsDataModule(ClipDataModule):
         may_download(root, download)  # a bad value fails here, not at prepare_data
         super().__init__(
             root, class_names(task), sample_rate, round(sample_rate * clip_seconds),
-            batch_size=batch_size, num_workers=num_workers, time_shift_ms=time_shift_ms,
-            noise_prob=noise_prob, noise_volume=noise_volume, speed_perturb=speed_perturb,
-            gain_db=gain_db, seed=seed, cache=cache, cache_dir=cache_dir, resident=resident,
-            check=check,
+            batch_size=batch_size, num_workers=num_workers, seed=seed, cache=cache,
+            cache_dir=cache_dir, resident=resident, check=check,
         )  # fmt: skip
         self.task = task
         self.name = f"speech_commands-{task}"
