@@ -108,3 +108,23 @@ def test_bad_file_is_skipped_and_named(speech_commands_root, tmp_path, capsys, c
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         SpeechCommandsDataModule(**kwargs)
+
+
+def test_training_silence_spans_the_loudness_asked_for(speech_commands_root):
+    data = SpeechCommandsDataModule(
+        root=str(speech_commands_root), silence_rms=(0.01, 0.2), cache=False
+    )
+    data.setup("fit")
+
+    def silence_rms(split):
+        clips = data.clips[split]
+        waves = clips.waveforms[clips.labels == 0].float() / 32768  # _silence_ is label 0
+        return waves.square().mean(dim=1).sqrt()
+
+    train = silence_rms("train")
+    assert train.min() > 0.0095 and train.max() < 0.21 and train.max() / train.min() > 2
+    plain = SpeechCommandsDataModule(root=str(speech_commands_root), cache=False)
+    plain.setup("fit")
+    torch.testing.assert_close(data.clips["val"].waveforms, plain.clips["val"].waveforms)
+    with pytest.raises(ValueError, match="silence_rms"):
+        SpeechCommandsDataModule(root=str(speech_commands_root), silence_rms=(0.2, 0.1))

@@ -121,16 +121,26 @@ def read_noise(root: str | Path, sample_rate: int) -> list[np.ndarray]:
 
 
 def cut_silence(
-    noise: list[np.ndarray], count: int, num_samples: int, rng: np.random.Generator
+    noise: list[np.ndarray],
+    count: int,
+    num_samples: int,
+    rng: np.random.Generator,
+    rms: tuple[float, float] | None = None,
 ) -> list[np.ndarray]:
-    """`count` silence clips: random windows of background noise at a random volume in [0, 1]."""
+    """`count` silence clips: random windows of background noise at a random volume in [0, 1],
+    or with `rms` (low, high) scaled to an RMS drawn log-uniformly from [low, high]."""
     clips = []
     usable = [n for n in noise if len(n) >= num_samples]
     for _ in range(count):
         source = usable[rng.integers(len(usable))]
         start = rng.integers(0, len(source) - num_samples + 1)
-        clips.append(source[start : start + num_samples] * rng.uniform(0.0, 1.0))
-    return clips
+        clip = source[start : start + num_samples]
+        if rms is None:
+            clips.append(clip * rng.uniform(0.0, 1.0))
+        else:
+            target = np.exp(rng.uniform(np.log(rms[0]), np.log(rms[1])))
+            clips.append(clip * (target / max(float(np.sqrt(np.mean(clip**2))), 1e-8)))
+    return [np.clip(c, -1.0, 1.0) for c in clips]
 
 
 def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[Path, int]]:
@@ -245,6 +255,9 @@ class SpeechCommandsDataModule(ClipDataModule):
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
         split_lists: a folder holding validation_list.txt and testing_list.txt to split the
             clips by instead of root's (benchmarks/accuracy.py --folds writes such folders).
+        silence_rms: (low, high): the training split's silence clips get an RMS drawn
+            log-uniformly from [low, high] (real rooms reach 0.3) instead of a volume in
+            [0, 1] of the noise; validation and testing keep the latter.
         sample_rate, batch_size, num_workers, cache, cache_dir, resident, check: as
             `ClipDataModule`'s.
     """
@@ -270,11 +283,16 @@ class SpeechCommandsDataModule(ClipDataModule):
         test_url: str = TEST_SET_URL,
         check: bool = True,
         split_lists: str | None = None,
+        silence_rms: tuple[float, float] | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if test_root is not None and task != "12":
             raise ValueError(f"test_root holds the official 12-class test set; task is {task!r}")
+        if silence_rms is not None and not 0 < silence_rms[0] <= silence_rms[1] <= 1:
+            raise ValueError(
+                f"silence_rms must be (low, high) with 0 < low <= high <= 1, got {silence_rms}"
+            )
         if not str(root).strip():
             raise ValueError(f"root must name the data set's folder, got {root!r}")
         may_download(root, download)  # a bad value fails here, not at prepare_data
@@ -290,6 +308,7 @@ class SpeechCommandsDataModule(ClipDataModule):
         self.url = url
         self.test_url = test_url
         self.split_lists = split_lists
+        self.silence_rms = None if silence_rms is None else tuple(silence_rms)
         self._index: dict[str, list[tuple[str, str]]] | None = None
         self._noise: list[np.ndarray] | None = None
 
@@ -334,7 +353,8 @@ class SpeechCommandsDataModule(ClipDataModule):
         if not n_silence:
             return []
         rng = np.random.default_rng([self.seed, 100 + SPLITS.index(split)])
-        silence = cut_silence(self.noise(), n_silence, self.num_samples, rng)
+        rms = self.silence_rms if split == "train" else None
+        silence = cut_silence(self.noise(), n_silence, self.num_samples, rng, rms)
         return [(s, 0, f"{SILENCE}/{split}_{i}") for i, s in enumerate(silence)]
 
     def noise(self) -> list[np.ndarray]:
