@@ -42,6 +42,7 @@ from speechcnn.recipe import stacked_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "speech_commands.yaml"
+SILENCE = Path("../shared/data/official_silence")  # beside --data-root's default
 
 
 def config_file(config: str) -> Path | None:
@@ -130,7 +131,11 @@ def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace)
     run_dir = args.out_dir / row_name(config) / f"{where}seed{seed}-{stamp}"
     result_file = run_dir / "result.json"
     if result_file.is_file() and not args.force:
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        if args.silence_dir and "silence_recall" not in result:
+            result["silence_recall"] = silence_recall(result["tested_checkpoint"], args.silence_dir)
+            result_file.write_text(json.dumps(result, indent=2) + "\n")
+        return result
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(ROOT / "recipes" / "speech_commands.py")]
     if (layer := config_file(config)) is not None:
@@ -163,6 +168,8 @@ def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace)
         "val_accuracy": val_accuracy(metrics["tested_checkpoint"]),
         **metrics,
     }
+    if args.silence_dir:
+        result["silence_recall"] = silence_recall(metrics["tested_checkpoint"], args.silence_dir)
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -172,6 +179,23 @@ def macs_of(checkpoint: str) -> int:
     from speechcnn.model import multiply_accumulates
 
     return multiply_accumulates(load_classifier(checkpoint).model, seconds=1.0)
+
+
+def silence_recall(checkpoint: str, folder: Path) -> float:
+    """The share of `folder`'s clips (real silence, e.g. ../shared/data/official_silence) that
+    a checkpoint classifies as `_silence_`."""
+    import torch
+
+    from speechcnn.classify import load_classifier
+    from speechcnn.data.audio import fit_length, read_audio
+
+    loaded = load_classifier(checkpoint)
+    model = loaded.model.eval()
+    files = sorted(Path(folder).rglob("*.wav"))
+    clips = [fit_length(read_audio(f, loaded.sample_rate), loaded.sample_rate) for f in files]
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(np.stack(clips)).float()).argmax(dim=1)
+    return round(float((predicted == loaded.class_names.index("_silence_")).float().mean()), 4)
 
 
 def val_accuracy(checkpoint: str) -> float | None:
@@ -209,6 +233,11 @@ def summarise(config: str, runs: list[dict], folds: int | None = None) -> dict:
         "test_examples": runs[0]["test_examples"],
         "epochs": runs[0]["epochs"],
         "train_minutes_mean": round(statistics.mean(r["train_minutes"] for r in runs), 2),
+        "silence_recall_mean": (
+            round(statistics.mean(r["silence_recall"] for r in runs), 4)
+            if all("silence_recall" in r for r in runs)
+            else None
+        ),
         "threads": runs[0]["threads"],
     }
     if folds:
@@ -227,8 +256,8 @@ def summarise(config: str, runs: list[dict], folds: int | None = None) -> dict:
 def markdown_table(rows: list[dict]) -> str:
     lines = [
         "| configuration | parameters | MMACs per s of audio | test acc. (mean ± std) "
-        "| keywords | validation | epochs | train min/seed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| keywords | validation | official_silence recall | epochs | train min/seed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     if rows and "folds" in rows[0]:
         lines[0] = lines[0].replace(
@@ -241,11 +270,12 @@ def markdown_table(rows: list[dict]) -> str:
             accuracy = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
         else:
             accuracy = f"{100 * r['accuracy_mean']:.2f} (seed {r['seeds'][0]} only)"
-        val = r["val_accuracy_mean"]
+        val, silence = r["val_accuracy_mean"], r["silence_recall_mean"]
         lines.append(
             f"| {r['name']} | {r['parameters']:,} | {r['macs_per_second'] / 1e6:.1f} | {accuracy} "
             f"| {100 * r['keyword_accuracy_mean']:.2f} "
-            f"| {'-' if val is None else f'{100 * val:.2f}'} | {r['epochs']} "
+            f"| {'-' if val is None else f'{100 * val:.2f}'} "
+            f"| {'-' if silence is None else f'{100 * silence:.1f}'} | {r['epochs']} "
             f"| {r['train_minutes_mean']:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -290,6 +320,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--folds", type=int, help="speaker-disjoint cross-validation with this many folds"
     )
+    parser.add_argument("--silence-dir", type=Path, default=SILENCE if SILENCE.is_dir() else None,
+                        help="real silence clips to measure _silence_ recall on (default: "
+                        "../shared/data/official_silence, when it exists)")  # fmt: skip
     args = parser.parse_args(argv)
     if not args.data_root.is_dir():
         parser.error(f"--data-root {args.data_root} is not a folder")
@@ -301,6 +334,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except FileNotFoundError as error:
             parser.error(str(error))
 
+    if args.silence_dir is not None and not args.silence_dir.is_dir():
+        parser.error(f"--silence-dir {args.silence_dir} is not a folder")
     if args.folds is not None and args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}")
     folds: list[Path | None] = [None]

@@ -4,7 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from fakes import write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = """\
@@ -95,15 +97,23 @@ def test_speaker_folds_are_disjoint_and_cover_every_clip(accuracy, speech_comman
 def test_cross_validation_trains_every_fold(accuracy, speech_commands_root, tmp_path, capsys):
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(TINY)
+    rng = np.random.default_rng(0)
+    for i, level in enumerate([0.0, 0.001, 0.3]):  # real silence: from none to a loud room
+        write_wav(tmp_path / "silence" / f"{i}.wav", level * rng.standard_normal(16000), 16000)
     (row,) = accuracy.main(
         [str(tiny), "--data-root", str(speech_commands_root), "--jobs", "2", "--threads", "1",
-         "--seeds", "0", "--folds", "2", "--out-dir", str(tmp_path / "cv")]
+         "--seeds", "0", "--folds", "2", "--out-dir", str(tmp_path / "cv"),
+         "--silence-dir", str(tmp_path / "silence")]
     )  # fmt: skip
+    assert 0.0 <= row["silence_recall_mean"] <= 1.0
+    for result in (tmp_path / "cv" / "tiny").glob("*/result.json"):  # 3 clips: k/3 each
+        assert round(3 * json.loads(result.read_text())["silence_recall"], 3) in {0, 1, 2, 3}
     assert row["folds"] == 2 and len(row["fold_accuracies"]) == 2
     assert row["accuracy_mean"] == round(sum(row["fold_accuracies"]) / 2, 4)
     assert row["accuracy_stderr"] >= 0.0
     # each fold tests half of the 168 word clips (unknown words subsampled) plus silence
     assert 60 < row["test_examples"] < 100
-    assert "2-fold CV (± s.e.)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2-fold CV (± s.e.)" in printed and "official_silence recall" in printed
     runs = sorted((tmp_path / "cv" / "tiny").glob("k2-seed0-fold*-seed0-*/result.json"))
     assert [json.loads(r.read_text())["fold"] for r in runs] == ["fold0", "fold1"]
