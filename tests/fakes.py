@@ -133,3 +133,25 @@ class SigtermAt(pl.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def make_wake_words(root: Path, phrases: int = 60, others: int = 80, seed: int = 0) -> Path:
+    """`root/wake/` (the phrase: a 0.6 s rising chirp inside 2 s of quiet noise, one file
+    corrupt), `root/other/` (steady tones of other words, 1-3 s) and `root/noise/`."""
+    rng = np.random.default_rng(seed)
+    rate = 16000
+    for i in range(phrases):
+        t = np.arange(int(0.6 * rate)) / rate
+        chirp = 0.3 * np.sin(2 * np.pi * (400 * t + 1500 * t**2)) * rng.uniform(0.5, 1.0)
+        clip = 0.002 * rng.standard_normal(2 * rate)
+        start = rng.integers(int(0.3 * rate), int(1.1 * rate))
+        clip[start : start + len(chirp)] += chirp
+        write_wav(root / "wake" / f"{i:03d}.wav", clip.astype(np.float32), rate)
+    (root / "wake" / "broken.wav").write_bytes(b"RIFF\x00\x00not audio")
+    for i in range(others):
+        word = ALL_WORDS[i % len(ALL_WORDS)]
+        seconds = rng.uniform(1.0, 3.0)
+        write_wav(root / "other" / f"{word}_{i}.wav", word_tone(word, rate, seconds, rng), rate)
+    noise = 0.01 * rng.standard_normal(20 * rate).astype(np.float32)
+    write_wav(root / "noise" / "hum.wav", noise, rate)
+    return root
