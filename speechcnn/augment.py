@@ -43,10 +43,10 @@ class AugmentConfig:
             perturbation: the formants of a longer or shorter vocal tract).
         spectral_eq_db: each clip's mel energies are coloured by a random smooth curve over
             frequency, at most +-spectral_eq_db dB, as a microphone or room would colour them.
-        freq_masks, freq_mask_width: SpecAugment frequency masks per clip and their largest
-            width in bins.
-        time_masks, time_mask_width: SpecAugment time masks per clip and their largest width
-            in frames.
+        freq_masks: SpecAugment frequency masks per clip.
+        freq_mask_width: the largest frequency mask, in mel bins.
+        time_masks: SpecAugment time masks per clip.
+        time_mask_width: the largest time mask, in frames.
     """
 
     speed: float = 0.0

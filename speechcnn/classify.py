@@ -77,13 +77,10 @@ def batched_logits(
 
 @torch.no_grad()
 def classify_waveforms(model: SpeechClassifier, waveforms: list[np.ndarray]) -> Tensor:
-    """Class probabilities of mono clips of any lengths at the model's sample rate.
+    """(B, K) class probabilities of B mono clips of any lengths at the model's sample rate.
 
-    Clips are zero-padded to a common length (at least one analysis window) and classified on
-    their valid frames only, so a clip gets the same answer alone or in a batch.
-
-    Returns:
-        (B, K) probabilities.
+    Clips are zero-padded to a common length (at least one window) and classified on their
+    valid frames only, so a clip gets the same answer alone or in a batch.
     """
     n_fft = model.features.n_fft
     lengths = torch.tensor([max(len(w), 1) for w in waveforms])
@@ -139,14 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_classifier(args.model)
     except ModelFileError as error:
         parser.error(str(error))
-    results = classify_files(loaded, args.files, args.top_k)
-    failed = 0
-    for result in results:
+    failed = False
+    for result in classify_files(loaded, args.files, args.top_k):
         print(json.dumps(result))
         if "error" in result:
             print(f"speechcnn classify: {result['error']}", file=sys.stderr)
-            failed += 1
-    return 1 if failed else 0
+            failed = True
+    return int(failed)
 
 
 def cli(argv: list[str]) -> None:

@@ -4,20 +4,18 @@ Artefacts `speechcnn export MODEL --out-dir DIR` writes:
 
 - `model.ts`: TorchScript, features inside: (B, S) float waveforms -> (B, K) logits (traced;
   torch.stft is a TorchScript op, so the graph holds the exact log-mel of training).
-- `model_features.onnx`: ONNX, features outside: (B, F, T) log-mel (what
-  `LogMelFeatures` computes, before the input norm) -> (B, K) logits. The caller computes the
-  log-mel itself with the model's Hann window and hop as meta.json records them (25 ms and 20 ms
-  with the recipe's settings), no centring, slaney mel, log(x + 1e-6).
-- `model.onnx`: ONNX, features inside: (B, S) waveforms -> (B, K) logits. ONNX export of
-  torch.stft fails on its complex output, so the graph computes the same STFT as a strided
-  convolution with a windowed DFT basis (real and imaginary rows) - equal within float rounding.
-- `model_int8.ts`: TorchScript of the model with the LSTM and linear layers quantized to int8
-  (dynamic quantization: int8 weights, activations quantized per batch at run time).
+- `model_features.onnx`: ONNX, features outside: (B, F, T) log-mel (`LogMelFeatures`, before
+  the input norm) -> (B, K) logits; the caller computes the log-mel with the Hann window and
+  hop that meta.json records, no centring, slaney mel, log(x + 1e-6).
+- `model.onnx`: ONNX, features inside: (B, S) waveforms -> (B, K) logits, the STFT as a
+  strided convolution with a windowed DFT basis (ONNX export of torch.stft fails on its
+  complex output), equal within float rounding.
+- `model_int8.ts`: TorchScript with the LSTM and linear layers dynamically quantized to int8.
 - `meta.json`: class names, sample rate, feature settings, sizes and checks.
 
-Every exported graph takes any batch size and any clip length: the waveform graphs zero-pad a
-clip shorter than one analysis window (n_fft samples) to one window, as `speechcnn classify`
-does; the features graph takes any number of frames >= 1.
+Every graph takes any batch size and clip length: the waveform graphs zero-pad a clip shorter
+than one window (n_fft samples) to one window, as `speechcnn classify` does; the features graph
+takes any number of frames >= 1.
 """
 
 from __future__ import annotations
@@ -46,14 +44,7 @@ class FeaturesToLogits(nn.Module):
         self.model = model
 
     def forward(self, features: Tensor) -> Tensor:
-        """Logits of log-mel features.
-
-        Args:
-            features: (B, F, T) log-mel energies, as `LogMelFeatures` gives them.
-
-        Returns:
-            (B, K) logits.
-        """
+        """(B, F, T) log-mel energies, as `LogMelFeatures` gives them -> (B, K) logits."""
         return self.model.classify_features(features)
 
 
@@ -70,9 +61,8 @@ class DFTLogMel(nn.Module):
         if features.dct is not None:
             raise ValueError("DFTLogMel covers log-mel features; this model uses MFCCs")
         n_fft, n_freq = features.n_fft, features.n_fft // 2 + 1
-        self.hop = features.hop_length
-        self.n_freq = n_freq
-        self.log_floor = features.log_floor
+        self.hop, self.n_freq = features.hop_length, n_freq
+        self.features = features  # for its filterbank and log, after this module's STFT
         # float64 for the basis so its own rounding stays below float32's.
         n = torch.arange(n_fft, dtype=torch.float64)
         k = torch.arange(n_freq, dtype=torch.float64)
@@ -80,24 +70,14 @@ class DFTLogMel(nn.Module):
         window = features.window.to(torch.float64)
         basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
         self.register_buffer("basis", basis.float().unsqueeze(1))  # (2*n_freq, 1, n_fft)
-        self.register_buffer("mel_fbanks", features.mel_fbanks.clone())  # (n_freq, F)
 
     def forward(self, waveforms: Tensor) -> Tensor:
-        """Log-mel of a batch of waveforms.
-
-        Args:
-            waveforms: (B, S) float waveforms, S >= n_fft.
-
-        Returns:
-            (B, F, T) log-mel energies.
-        """
+        """(B, S) float waveforms, S >= n_fft -> (B, F, T) log-mel energies."""
         # (B, S) -> (B, 1, S) -> conv -> (B, 2*n_freq, T)
         spec = nn.functional.conv1d(waveforms.unsqueeze(1), self.basis, stride=self.hop)
         real, imag = spec[:, : self.n_freq], spec[:, self.n_freq :]  # (B, n_freq, T) each
         power = real * real + imag * imag
-        # (B, n_freq, T) -> (B, T, n_freq) @ (n_freq, F) -> (B, T, F) -> (B, F, T)
-        mel = torch.matmul(power.transpose(1, 2), self.mel_fbanks).transpose(1, 2)
-        return torch.log(mel + self.log_floor)
+        return self.features.from_mel_energies(self.features.mel(power))
 
 
 class WaveformToLogits(nn.Module):
@@ -117,15 +97,13 @@ class PadToWindow(nn.Module):
     """Zero-pads clips shorter than one analysis window to one window, then runs `inner`.
 
     A clip shorter than `n_fft` samples has no frame; padded, it is one frame of the clip and
-    silence, as `classify_waveforms` classifies it. The padding is written with tensor
-    operations only (pad by a window, then keep max(S, n_fft) samples), so a traced or
-    exported graph keeps it for every clip length; longer clips pass unchanged.
+    silence, as `classify_waveforms` classifies it. Tensor operations only (pad by a window,
+    keep max(S, n_fft) samples), so a traced graph keeps the padding for every clip length.
     """
 
     def __init__(self, inner: nn.Module, n_fft: int) -> None:
         super().__init__()
-        self.inner = inner
-        self.n_fft = n_fft
+        self.inner, self.n_fft = inner, n_fft
 
     def forward(self, waveforms: Tensor) -> Tensor:
         """(B, S) waveforms, any S >= 0 -> what `inner` gives for (B, max(S, n_fft))."""
@@ -153,10 +131,8 @@ def export_torchscript(model: SpeechClassifier, path: str | Path) -> torch.jit.S
 
 
 def export_onnx(model: SpeechClassifier, path: str | Path, features_inside: bool) -> None:
-    """Save `model` as ONNX: (B, S) waveforms or, features outside, (B, F, T) log-mel -> logits.
-
-    Uses the TorchScript-based exporter (opset 17), which needs no onnxscript.
-    """
+    """Save `model` as ONNX: (B, S) waveforms or, features outside, (B, F, T) log-mel -> (B, K)
+    logits, with the TorchScript-based exporter (opset 17), which needs no onnxscript."""
     model = _eval_copy(model)
     wave = torch.zeros(2, model.features.sample_rate)  # (B, S)
     if features_inside:
@@ -213,29 +189,27 @@ def check_exports(
 
     Each clip is run alone (B=1, its own length), so lengths need no padding.
     """
-    out_dir = Path(out_dir)
-    model = _eval_copy(model)
+    out_dir, model = Path(out_dir), _eval_copy(model)
     scripted = torch.jit.load(str(out_dir / "model.ts"))
-    diffs = {"torchscript": 0.0}
-    sessions = {}
-    for name in ("model.onnx", "model_features.onnx"):
-        if (out_dir / name).is_file():
-            sessions[name] = onnx_session(out_dir / name)
-            diffs["onnx_waveform" if name == "model.onnx" else "onnx_features"] = 0.0
+    # each export's logits, as numpy, for a (1, S) waveform
+    runs = {"torchscript": lambda wave: scripted(wave).numpy()}
+    if (out_dir / "model.onnx").is_file():
+        waveform_session = onnx_session(out_dir / "model.onnx")
+        runs["onnx_waveform"] = lambda wave: waveform_session.run(
+            None, {"waveforms": wave.numpy()}
+        )[0]
+    if (out_dir / "model_features.onnx").is_file():
+        features_session = onnx_session(out_dir / "model_features.onnx")
+        runs["onnx_features"] = lambda wave: features_session.run(
+            None, {"features": model.features(wave).numpy()}
+        )[0]
+    diffs = dict.fromkeys(runs, 0.0)
     with torch.no_grad():
         for samples in waveforms:
             wave = torch.from_numpy(np.asarray(samples, dtype=np.float32))[None]  # (1, S)
-            reference = model(wave)
-            diffs["torchscript"] = max(
-                diffs["torchscript"], float((scripted(wave) - reference).abs().max())
-            )
-            for name, session in sessions.items():
-                if name == "model.onnx":
-                    key, feed = "onnx_waveform", {"waveforms": wave.numpy()}
-                else:
-                    key, feed = "onnx_features", {"features": model.features(wave).numpy()}
-                out = session.run(None, feed)[0]
-                diffs[key] = max(diffs[key], float(np.abs(out - reference.numpy()).max()))
+            reference = model(wave).numpy()
+            for key, run in runs.items():
+                diffs[key] = max(diffs[key], float(np.abs(run(wave) - reference).max()))
     return diffs
 
 
@@ -317,18 +291,12 @@ def export_all(
         sizes["int8_state_dict_bytes"] = serialized_size(quantized)
     sizes.update({f"{name}_bytes": (out_dir / name).stat().st_size for name in files})
     f = model.features
+    settings = {name: getattr(f, name) for name in ("n_fft", "hop_length", "n_mels")}
+    settings.update(window="hann", center=False, mel="slaney", log_floor=f.log_floor)
     meta: dict[str, object] = {
         "class_names": list(class_names),
         "sample_rate": f.sample_rate,
-        "features": {
-            "n_fft": f.n_fft,
-            "hop_length": f.hop_length,
-            "n_mels": f.n_mels,
-            "window": "hann",
-            "center": False,
-            "mel": "slaney",
-            "log_floor": f.log_floor,
-        },
+        "features": settings,
         "outputs": "logits (softmax gives class probabilities)",
         "files": files,
         "sizes": sizes,
@@ -377,9 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(result))
 
 
-def cli(argv: list[str]) -> None:
-    """Entry for `speechcnn export`."""
-    main(argv)
+cli = main  # `speechcnn export` (EXTRA_COMMANDS in speechcnn.cli)
 
 
 __all__ = [

@@ -2,13 +2,10 @@
 
 At 10-20 ms chunks a stream's cost is the number of operations, not the arithmetic: the
 model's own modules take about 0.62 ms per 20 ms chunk on one CPU thread (a real-time factor
-of 0.031 in benchmarks/inference.py): PyTorch's convolution and LSTM kernels are built for
-batches, not for one frame.
-`FrameStep` computes the same function from the model's weights, copied when it is built: the
-STFT as an rfft of the chunk's frames, batch norms folded into affine maps, each (k, 1)
-convolution as one matrix product over the frames' frequency windows, the LSTM cell as one
-product per frame, all in one TorchScript call. tests/test_streaming.py holds it equal to the
-modules (`SpeechClassifier.infer`); `speechcnn.streaming.Streamer` uses it where it applies.
+of 0.031 in benchmarks/inference.py), as PyTorch's convolution and LSTM kernels are built for
+batches, not for one frame. `FrameStep` computes the same function from copies of the model's
+weights in one TorchScript call; tests/test_streaming.py holds it equal to the modules, and
+`speechcnn.streaming.Streamer` uses it where it applies.
 """
 
 # No `from __future__ import annotations`: TorchScript needs the class-level attribute
@@ -17,7 +14,6 @@ modules (`SpeechClassifier.infer`); `speechcnn.streaming.Streamer` uses it where
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechcnn.features import LogMelFeatures
@@ -30,9 +26,8 @@ def prefix_pool(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`pool_frame` over a whole chunk at once: the mean after each of its frames.
 
-    The sums are taken relative to the largest score so far, so exp never overflows; a frame's
-    weight underflows (and an early row may become 0/0) only when its score is about 87 below
-    that largest score, which `FrameStep` rules out by bounding the scores' range.
+    Sums are taken relative to the largest score so far, so exp never overflows; a weight
+    underflows only for a score about 87 below it, which `FrameStep` rules out.
 
     Args:
         scores: (T,) the chunk's scores; values: (T, V) its values.
@@ -63,15 +58,11 @@ MAX_CHUNK_SCORE_RANGE = 80.0
 class FrameBatchPath(nn.Module):
     """The features, input norm and front end of an eval-mode model, with frames as the batch.
 
-    Every stage is frame-local, so the T frames of a chunk can be a batch of T one-frame
-    inputs: the STFT is an rfft of (T, n_fft) windowed frames, and batch norms are folded into
-    fixed affine maps (their eval-mode form). Each (k, 1) convolution is one matrix product
-    over the frequency windows of all T frames (im2col, in a (T, F, C) layout): for a frame or
-    a few, PyTorch's convolution picks an unblocked kernel that costs several times more.
-    Same function as the modules (within float rounding; the streaming tests check it), with a
-    fraction of the per-call overhead that matters at 10-100 ms chunks.
-    TorchScript compiles it (see `FrameStep`). The weights are copies on the CPU, taken when
-    it is built.
+    Every stage is frame-local, so a chunk's T frames are a batch of T one-frame inputs: the
+    STFT is an rfft of windowed frames, batch norms are folded into affine maps, and each
+    (k, 1) convolution is one matrix product over all frames' frequency windows (im2col in a
+    (T, F, C) layout), since for a few frames PyTorch picks a much slower unblocked kernel.
+    The weights are CPU copies taken when it is built.
 
     Args:
         model: the classifier (eval mode); its front end must be the `FrequencyCNN` layout
@@ -109,12 +100,12 @@ class FrameBatchPath(nn.Module):
         self.conv_weight, self.conv_bias, self.conv_kernel = [], [], []
         self.conv_stride, self.conv_padding = [], []
         self.pool_size, self.pool_stride, self.program = [], [], []
-        self.activation = ""
+        self.act: nn.Module = nn.Identity()
         for i, block in enumerate(model.frontend.layers):
             for module in block:
                 self._add(f"{i}", module)
         # (C_out, C_in, k) -> (C_in, k, C_out) -> (C_in * k, C_out): rows in the order of a
-        # frequency window's (C_in, k) values, as `forward` lays them out
+        # frequency window's (C_in, k) values, as `_conv` lays them out
         self.conv_weight = [w.permute(1, 2, 0).reshape(-1, w.shape[0]) for w in self.conv_weight]
         # A first convolution right after the input norm is an affine map of the features,
         # (F,) -> (F' * C'): when small, one dense (F, F' * C') matrix is cheaper than the
@@ -135,8 +126,7 @@ class FrameBatchPath(nn.Module):
     def _add(self, name: str, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d) and module.kernel_size[1] == 1:
             weight = module.weight.detach().cpu()[..., 0]  # (C_out, C_in, k, 1) -> (C_out, C_in, k)
-            bias = module.bias
-            bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().cpu()
+            bias = torch.zeros(len(weight)) if module.bias is None else module.bias.detach().cpu()
             self.program.append(("conv", len(self.conv_weight)))
             self.conv_weight.append(weight.clone())
             self.conv_bias.append(bias.clone())
@@ -151,10 +141,10 @@ class FrameBatchPath(nn.Module):
             self.conv_weight[-1] = self.conv_weight[-1] * scale.cpu()[:, None, None]
             self.conv_bias[-1] = self.conv_bias[-1] * scale.cpu() + shift.cpu()
         elif type(module) in ACTIVATIONS.values():
-            kind = next(k for k, v in ACTIVATIONS.items() if v is type(module))
-            if self.activation not in ("", kind):
+            # one activation module serves every block (TorchScript cannot index a module list)
+            if not isinstance(self.act, (nn.Identity, type(module))):
                 raise ValueError(f"front-end layer {name}: mixed activations are unknown here")
-            self.activation = kind
+            self.act = module
             self.program.append(("act", 0))
         elif (
             isinstance(module, nn.MaxPool2d)
@@ -169,14 +159,8 @@ class FrameBatchPath(nn.Module):
             raise ValueError(f"front-end layer {name} holds {type(module).__name__}, unknown here")
 
     def forward(self, span: Tensor) -> tuple[Tensor, Tensor]:
-        """Features and embeddings of every whole frame of a span of samples.
-
-        Args:
-            span: (S,) samples, S = (T - 1) * hop + n_fft.
-
-        Returns:
-            (T, F) features (before the input norm) and (T, D) frame embeddings.
-        """
+        """(S,) samples, S = (T - 1) * hop + n_fft -> (T, F) features (before the input norm)
+        and (T, D) embeddings of every whole frame."""
         features = self.featurize(span)
         return features, self.embed(features)
 
@@ -210,7 +194,7 @@ class FrameBatchPath(nn.Module):
                 # (T, F', C) -> windows (T, F'', C, p) -> (T, F'', C)
                 x = x.unfold(-2, self.pool_size[i], self.pool_stride[i]).amax(-1)
             else:
-                x = _activate(x, self.activation)
+                x = self.act(x)
         # (T, F', C') -> (T, C', F') -> (T, C'*F'): the front end's (C', F') order
         return x.transpose(-2, -1).flatten(-2)
 
@@ -230,15 +214,21 @@ class FrameBatchPath(nn.Module):
 
 def compiled(module: nn.Module, *example: Tensor) -> nn.Module:
     """`module` compiled by TorchScript and frozen, else compiled only, else `module` itself:
-    the first form that runs on `example` (all compute the same, with less interpreter
-    overhead in that order).
+    the first form that runs on `example` (all compute the same).
 
-    Freezing turns the module's settings and weights into constants, so the branches on them
-    (pooling, first-layer form, activation, the front end's program) are resolved once: a
-    step runs 3-9% faster at one frame per call. A frozen module cannot run everywhere (not
-    under `torch.jit.optimized_execution(False)`, for one), hence the trial run.
+    Freezing makes the settings and weights constants, so the branches on them are resolved
+    once (3-9% faster at one frame per call); a frozen module cannot run everywhere (not under
+    `torch.jit.optimized_execution(False)`, for one), hence the trial run.
     """
-    for form in _compiled_forms(module.eval()):
+    forms: list[nn.Module] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        try:
+            forms.append(torch.jit.script(module.eval()))
+            forms.insert(0, torch.jit.freeze(forms[0]))
+        except Exception:  # noqa: BLE001 (any compiler failure: the forms left are exact too)
+            pass
+    for form in forms:
         try:
             with torch.inference_mode():
                 form(*example)
@@ -246,20 +236,6 @@ def compiled(module: nn.Module, *example: Tensor) -> nn.Module:
         except Exception:  # noqa: BLE001 (this form cannot run here: the next one is exact too)
             continue
     return module
-
-
-def _compiled_forms(module: nn.Module) -> list[nn.Module]:
-    """The frozen and the plain TorchScript forms of `module`, those that compile."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-        try:
-            scripted = torch.jit.script(module)
-        except Exception:  # noqa: BLE001 (any compiler failure: eager is the same math)
-            return []
-        try:
-            return [torch.jit.freeze(scripted), scripted]
-        except Exception:  # noqa: BLE001 (freezing is an optimisation)
-            return [scripted]
 
 
 def _affine(norm: nn.Module, size: int) -> tuple[Tensor, Tensor]:
@@ -279,13 +255,11 @@ def _affine(norm: nn.Module, size: int) -> tuple[Tensor, Tensor]:
 class FrameStep(nn.Module):
     """`SpeechClassifier.infer` for one stream, fused: samples -> features, posteriors, state.
 
-    `FrameBatchPath`, then the LSTM, the pooling's streaming form and the classifier on the
-    CPU, in one TorchScript call (`compiled`): at 10-20 ms chunks, the cost of a chunk is
-    mostly the per-operation overhead of the Python interpreter, not arithmetic. Chunks of up
-    to `max_step_frames` frames run the LSTM step by step with matrix-vector products
-    (nn.LSTM's oneDNN kernel reorders its weights on every call, which dwarfs one frame's
-    work); longer chunks call the same fused kernel as nn.LSTM. Both are the same recurrence:
-    results differ by float rounding only.
+    `FrameBatchPath`, then the LSTM, the pooling's streaming form and the classifier, in one
+    TorchScript call (`compiled`). Chunks of up to `max_step_frames` frames run the LSTM step
+    by step with matrix-vector products (nn.LSTM's oneDNN kernel reorders its weights on every
+    call, which dwarfs one frame's work); longer chunks call nn.LSTM's fused kernel. Results
+    differ from the modules by float rounding only.
 
     Args:
         model: a float classifier in eval mode with a unidirectional `nn.LSTM` and a linear
@@ -327,27 +301,24 @@ class FrameStep(nn.Module):
             for k in layers
         ]
         self.lstm_weights = [w.detach().cpu().clone() for w in lstm._flat_weights]
-        self.lstm_bias = bool(lstm.bias)
-        self.num_layers = lstm.num_layers
-        self.hidden = lstm.hidden_size
-        self.max_step_frames = max_step_frames
-        self.register_buffer("classifier_weight", classifier.weight.detach().cpu().T.contiguous())
+        self.lstm_bias, self.num_layers = bool(lstm.bias), lstm.num_layers
+        self.hidden, self.max_step_frames = lstm.hidden_size, max_step_frames
+        weight = classifier.weight.detach().cpu().T.contiguous()  # (K, H) -> (H, K)
+        self.register_buffer("classifier_weight", weight)
         self.register_buffer("classifier_bias", classifier.bias.detach().cpu().clone())
         # "mean" and "attention": one product gives each frame's score and logits, (H, 1 + K);
         # "mean" scores every frame 0
         self.pooling: str = model.head.pooling
-        hidden, attention = lstm.hidden_size, model.head.attention
+        attention = model.head.attention
         if attention is None:
-            score_weight, score_bias = torch.zeros(hidden, 1), torch.zeros(1)
+            score_weight, score_bias = torch.zeros(self.hidden, 1), torch.zeros(1)
         else:
             score_weight = attention.weight.detach().cpu().T  # (1, H) -> (H, 1)
             score_bias = attention.bias.detach().cpu()
-        weight, bias = classifier.weight.detach().cpu(), classifier.bias.detach().cpu()
-        self.register_buffer("pool_weight", torch.cat([score_weight, weight.T], 1))  # (H, 1 + K)
-        self.register_buffer("pool_bias", torch.cat([score_bias, bias]))
+        self.register_buffer("pool_weight", torch.cat([score_weight, weight], 1))  # (H, 1 + K)
+        self.register_buffer("pool_bias", torch.cat([score_bias, self.classifier_bias]))
         # LSTM outputs lie in (-1, 1), so the scores of any two frames differ by at most 2 |w|_1
-        score_range = 2 * float(score_weight.abs().sum())
-        self.pool_whole_chunk = score_range <= MAX_CHUNK_SCORE_RANGE
+        self.pool_whole_chunk = 2 * float(score_weight.abs().sum()) <= MAX_CHUNK_SCORE_RANGE
 
     @staticmethod
     def usable(model: SpeechClassifier) -> bool:
@@ -367,21 +338,22 @@ class FrameStep(nn.Module):
     def forward(
         self, span: Tensor, h: Tensor, c: Tensor, log_total: Tensor, pooled: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Features and posteriors of every whole frame of `span`, and the new stream state.
+        """(T, F) features and (T, K) posteriors of every whole frame of `span`, and the state.
 
         Args:
             span: (S,) samples, S = (T - 1) * hop + n_fft.
-            h, c: (L, 1, H) LSTM state before the span's first frame.
-            log_total, pooled: (1, 1) and (1, K) pooling state (`LSTMHead.infer`; "mean" and
-                "attention" only, passed through by "last").
-
-        Returns:
-            (T, F) features, (T, K) posteriors, and the state after the last frame, in the
-            layout of `LSTMHead.infer`.
+            h, c, log_total, pooled: the state before the span, (L, 1, H) twice, (1, 1) and
+                (1, K), in the layout of `LSTMHead.infer` (the pooling's passed through by
+                "last"); the state after the last frame is returned in the same layout.
         """
         features, x = self.path(span)  # (T, F), (T, D)
         if x.shape[0] > self.max_step_frames:
-            x, h, c = _lstm_sequence(x, h, c, self.lstm_weights, self.lstm_bias, self.num_layers)
+            # nn.LSTM's fused kernel on (T, D) -> (1, T, D), one batch-first sequence
+            out = torch.lstm(
+                x[None], [h, c], self.lstm_weights, self.lstm_bias, self.num_layers,
+                0.0, False, False, True,
+            )  # fmt: skip
+            x, h, c = out[0][0], out[1], out[2]  # (1, T, H) -> (T, H); (L, 1, H) each
         else:
             x, h, c = self._steps(x, h, c)
         if self.pooling == "last":
@@ -409,6 +381,7 @@ class FrameStep(nn.Module):
         (L, 1, H)."""
         hs = [h[layer] for layer in range(self.num_layers)]  # L x (1, H)
         cs = [c[layer] for layer in range(self.num_layers)]
+        n = self.hidden
         outputs: list[Tensor] = []
         for t in range(x.shape[0]):
             inputs = x[t : t + 1]  # (1, D)
@@ -416,51 +389,15 @@ class FrameStep(nn.Module):
                 # [x_t, h_{t-1}] @ [W_ih; W_hh]: one matrix-vector product per layer and frame
                 stacked = torch.cat([inputs, hs[layer]], 1)  # (1, D_l + H)
                 gates = torch.addmm(self.bias[layer], stacked, self.w_stacked[layer])  # (1, 4H)
-                hs[layer], cs[layer] = _lstm_cell(gates, cs[layer], self.hidden)  # (1, H)
+                ifo = torch.sigmoid(gates[:, : 3 * n])  # the three sigmoid gates at once
+                cs[layer] = torch.addcmul(
+                    ifo[:, n : 2 * n] * cs[layer], ifo[:, :n], torch.tanh(gates[:, 3 * n :])
+                )
+                hs[layer] = ifo[:, 2 * n :] * torch.tanh(cs[layer])  # (1, H)
                 inputs = hs[layer]
             outputs.append(inputs)
         output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 0)
         return output, torch.stack(hs, 0), torch.stack(cs, 0)  # L x (1, H) -> (L, 1, H)
-
-
-def _activate(x: Tensor, kind: str) -> Tensor:
-    """The front end's activation `kind` (a key of ACTIVATIONS)."""
-    if kind == "relu":
-        return torch.relu(x)
-    if kind == "gelu":
-        return F.gelu(x)
-    if kind == "silu":
-        return F.silu(x)
-    return F.elu(x)
-
-
-def _lstm_sequence(
-    x: Tensor, h: Tensor, c: Tensor, weights: list[Tensor], has_bias: bool, num_layers: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A chunk through nn.LSTM's fused kernel: (T, D) inputs and (L, 1, H) state -> (T, H)
-    outputs and the (L, 1, H) state after them."""
-    out = torch.lstm(
-        x.unsqueeze(0),  # (T, D) -> (1, T, D), one batch-first sequence
-        [h, c],
-        weights,
-        has_bias,
-        num_layers,
-        0.0,
-        False,
-        False,
-        True,
-    )
-    return out[0][0], out[1], out[2]  # (1, T, H) -> (T, H); (L, 1, H) each
-
-
-def _lstm_cell(gates: Tensor, c: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
-    """An LSTM cell's update from its (..., 4H) gates in (i, f, o, g) order and (..., H) cell
-    state: the new (..., H) h and c."""
-    ifo = torch.sigmoid(gates[..., : 3 * hidden])  # the three sigmoid gates at once
-    c = torch.addcmul(
-        ifo[..., hidden : 2 * hidden] * c, ifo[..., :hidden], torch.tanh(gates[..., 3 * hidden :])
-    )
-    return ifo[..., 2 * hidden :] * torch.tanh(c), c
 
 
 __all__ = ["FrameBatchPath", "FrameStep", "compiled", "prefix_pool"]

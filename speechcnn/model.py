@@ -315,9 +315,25 @@ class SpeechClassifier(nn.Module):
 class ClassifierConfig:
     """Architecture hyperparameters of `SpeechClassifier`, as recipes and checkpoints hold them.
 
-    The defaults are the Speech Commands recipe's (recipes/speech_commands.yaml). Feature
-    fields go to `LogMelFeatures`, `cnn_*` to `FrequencyCNN`, `lstm_*`, `bidirectional`,
-    `pooling` and `head_dropout` to `LSTMHead`.
+    The defaults are the Speech Commands recipe's (recipes/speech_commands.yaml).
+
+    Args:
+        n_mels: mel bands of the log-mel features.
+        win_ms: STFT window (and FFT) length in milliseconds.
+        hop_ms: STFT hop in milliseconds: one frame per hop.
+        n_mfcc: keep this many MFCCs of the log-mel instead of the log-mel itself (null: off).
+        input_norm: batch-normalise each feature bin before the front end.
+        cnn_channels: output channels of each (k, 1) convolution of `FrequencyCNN`.
+        cnn_kernels: frequency extent k of each convolution's kernel.
+        cnn_strides: frequency stride of each convolution (null: 1 each).
+        cnn_pools: (p, 1) max pooling over frequency after each convolution (1: none).
+        cnn_dropout: dropout after each convolution block.
+        activation: the front end's nonlinearity: relu, gelu, silu or elu.
+        lstm_hidden: hidden units H of each LSTM layer.
+        lstm_layers: stacked LSTM layers.
+        bidirectional: a bidirectional LSTM (false: unidirectional, which streams exactly).
+        pooling: how frames become one clip vector: last, mean or attention.
+        head_dropout: dropout before the classifier layer.
     """
 
     n_mels: int = 40

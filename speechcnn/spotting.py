@@ -1,28 +1,25 @@
 """`speechcnn spot MODEL AUDIO`: keyword detections in a recording of any length.
 
-Two ways to get a posterior track from a model trained on 1 s clips:
+Two posterior tracks from a model trained on 1 s clips:
 
 - "window" (default): the classifier on sliding windows of `window_s` (the training clip
-  length) every `hop_s`, each from a fresh LSTM state - exactly what the model saw in
-  training, and available for every head (any pooling, bidirectional too). The front end is
-  frame-local, so frame embeddings are computed once for the whole recording and shared by
-  the overlapping windows; only the LSTM head runs per window.
-- "stream": the exact streaming posteriors (`speechcnn.streaming`), one per frame (every hop), with
-  the LSTM state carried over the whole recording (cheapest, but a state never reset is
-  further from the 1 s clips of training). Needs a unidirectional LSTM with "last" pooling:
-  "mean" and "attention" stream too, but pool over everything since the recording began.
+  length) every `hop_s`, each from a fresh LSTM state as in training; any head works (any
+  pooling, bidirectional too). The front end is frame-local, so frame embeddings are computed
+  once for the recording and shared by the overlapping windows.
+- "stream": the exact streaming posteriors (`speechcnn.streaming`), one per frame, with the
+  LSTM state carried over the whole recording (cheapest, but further from the 1 s clips of
+  training). Needs a unidirectional LSTM with "last" pooling: the others pool over everything
+  since the recording began.
 
-In "window" mode a window's keyword posteriors count only when the sound in it is centred
-(`centre_s`, `energy_offsets`): the training clips hold their word near the middle, and a window
-that cuts a word at its edge shows the model something it never saw in training (the end of
-"no" alone is close to "go"); on real-clip streams, many false alarms came from such windows.
+In "window" mode a window's keyword posteriors count only when its sound is centred
+(`centre_s`, `energy_offsets`): training clips hold their word near the middle, and windows
+that cut a word at their edge (the end of "no" alone is close to "go") gave many false alarms.
 
-Then: a causal moving average of the posteriors over `smooth_s`, a threshold on the
-smoothed keyword posteriors, and a refractory period after each detection. A run is a stretch
-of steps where some keyword is above the threshold; its detection is the keyword and step with
-the highest score in the run (so a wrong word that crosses the threshold first does not hide
-the right one that peaks later): keyword, start and end time (for "window", the peak window's
-span; for "stream", the `window_s` that ends at the peak frame) and score.
+The track is then smoothed by a causal moving average over `smooth_s` and thresholded. Each run
+of steps with some keyword above the threshold gives one detection, the keyword and step with
+the highest score in the run (so a wrong word that crosses first does not hide the right one
+that peaks later), with the peak window's span (for "stream", the `window_s` ending at the peak
+frame) as start and end; runs starting within `refractory_s` of a detection are skipped.
 """
 
 from __future__ import annotations
@@ -72,15 +69,13 @@ class SpotConfig:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.smooth_s < 0 or self.refractory_s < 0:
-            raise ValueError(
-                f"smooth_s and refractory_s must be >= 0, got {self.smooth_s}, {self.refractory_s}"
-            )
+            s, r = self.smooth_s, self.refractory_s
+            raise ValueError(f"smooth_s and refractory_s must be >= 0, got {s}, {r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.window_s <= 0 or self.hop_s <= 0:
-            raise ValueError(
-                f"window_s and hop_s must be positive, got {self.window_s}, {self.hop_s}"
-            )
+            w, h = self.window_s, self.hop_s
+            raise ValueError(f"window_s and hop_s must be positive, got {w}, {h}")
         if self.centre_s is not None and self.centre_s <= 0:
             raise ValueError(f"centre_s must be positive or None, got {self.centre_s}")
 
@@ -121,11 +116,10 @@ def window_posteriors(
     hop_s: float = 0.05,
     block_windows: int = 256,
 ) -> PosteriorTrack:
-    """Posteriors of sliding windows, each classified from a fresh LSTM state.
+    """Posteriors of sliding windows, each classified from a fresh LSTM state (any head).
 
     Equal to `model` on each window's samples alone (frames are local), computed in blocks of
-    `block_windows` windows so memory stays bounded for long recordings. Works for every head
-    (any pooling, bidirectional too): each window is a whole utterance to the head.
+    `block_windows` windows so memory stays bounded for long recordings.
     """
     feats = model.features
     samples = torch.as_tensor(samples, dtype=torch.float32)
@@ -150,12 +144,9 @@ def window_posteriors(
         index = offsets[:, None] + torch.arange(win_frames)  # (W, T_win)
         windows = embedded[index]  # (W, T_win, D)
         posts.append(model.head(windows).softmax(dim=-1))  # (W, K)
-    ends = (np.array(starts) + win_frames - 1) * hop + n_fft
-    return PosteriorTrack(
-        posteriors=torch.cat(posts).numpy(),
-        ends=ends / sr,
-        spans=np.full(len(starts), ((win_frames - 1) * hop + n_fft) / sr),
-    )
+    ends = ((np.array(starts) + win_frames - 1) * hop + n_fft) / sr
+    spans = np.full(len(starts), ((win_frames - 1) * hop + n_fft) / sr)
+    return PosteriorTrack(torch.cat(posts).numpy(), ends, spans)
 
 
 def stream_track(
@@ -177,12 +168,8 @@ def stream_track(
         )
     feats = model.features
     posts = stream_posteriors(model, samples).numpy()
-    frames = np.arange(len(posts))
-    return PosteriorTrack(
-        posteriors=posts,
-        ends=(frames * feats.hop_length + feats.n_fft) / feats.sample_rate,
-        spans=np.full(len(posts), window_s),
-    )
+    ends = (np.arange(len(posts)) * feats.hop_length + feats.n_fft) / feats.sample_rate
+    return PosteriorTrack(posts, ends, np.full(len(posts), window_s))
 
 
 def energy_offsets(
@@ -238,35 +225,24 @@ def detect(track: PosteriorTrack, class_names: list[str], config: SpotConfig) ->
         posteriors[np.ix_(~track.centred, keyword_ids)] = 0.0  # off-centre windows never fire
     scores = smooth(posteriors, max(1, round(config.smooth_s / step_s)))[:, keyword_ids]
     best_score = scores.max(axis=1)  # (N,) the highest keyword score at each step
+    above = np.concatenate([[0], best_score >= config.threshold, [0]]).astype(int)  # (N + 2,)
+    # runs of rows where some keyword stays above the threshold: [i, j) between the edges
+    runs = np.flatnonzero(np.diff(above)).reshape(-1, 2)
     detections: list[Detection] = []
     blocked_until = -np.inf
-    i, n = 0, len(scores)
-    while i < n:
-        if best_score[i] < config.threshold:
-            i += 1
-            continue
-        j = i  # the run of rows where some keyword stays above the threshold
-        while j + 1 < n and best_score[j + 1] >= config.threshold:
-            j += 1
+    for i, j in runs:
         if track.ends[i] < blocked_until:
             # A run that starts inside the refractory period is most likely the word just
             # detected (or its echo in later windows): skip all of it, not only its head.
-            i = j + 1
             continue
         # (run rows, keywords) -> the highest score's row and keyword
-        peak, keyword = np.unravel_index(np.argmax(scores[i : j + 1]), scores[i : j + 1].shape)
+        peak, keyword = np.unravel_index(np.argmax(scores[i:j]), scores[i:j].shape)
         peak = i + int(peak)
         end = float(track.ends[peak])
-        detections.append(
-            Detection(
-                keyword=class_names[keyword_ids[keyword]],
-                start=round(max(0.0, end - float(track.spans[peak])), 3),
-                end=round(end, 3),
-                score=round(float(scores[peak, keyword]), 4),
-            )
-        )
+        start = round(max(0.0, end - float(track.spans[peak])), 3)
+        score = round(float(scores[peak, keyword]), 4)
+        detections.append(Detection(class_names[keyword_ids[keyword]], start, round(end, 3), score))
         blocked_until = end + config.refractory_s
-        i = j + 1
     return detections
 
 
@@ -307,61 +283,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("model", help="a trained checkpoint (.ckpt)")
     parser.add_argument("audio", help="a recording (any format, rate, channel count)")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=defaults.threshold,
-        help="smoothed keyword posterior that makes a detection (default %(default)s)",
-    )
-    parser.add_argument(
-        "--smooth-s",
-        type=float,
-        default=defaults.smooth_s,
-        help="seconds of the causal moving average over the posteriors (default %(default)s)",
-    )
-    parser.add_argument(
-        "--refractory-s",
-        type=float,
-        default=defaults.refractory_s,
-        help="seconds after a detection in which a new one is ignored (default %(default)s)",
-    )
-    parser.add_argument(
-        "--mode",
-        choices=MODES,
-        default=defaults.mode,
-        help="window: the classifier on sliding windows, any model; stream: the exact "
+    helps = {
+        "threshold": "smoothed keyword posterior that makes a detection (default %(default)s)",
+        "smooth_s": "seconds of the causal moving average over the posteriors "
+        "(default %(default)s)",
+        "refractory_s": "seconds after a detection in which a new one is ignored "
+        "(default %(default)s)",
+        "mode": "window: the classifier on sliding windows, any model; stream: the exact "
         "streaming posteriors, for last-frame pooling (default %(default)s)",
-    )
-    parser.add_argument(
-        "--window-s",
-        type=float,
-        default=defaults.window_s,
-        help="window length, the training clip length (default %(default)s)",
-    )
-    parser.add_argument(
-        "--hop-s",
-        type=float,
-        default=defaults.hop_s,
-        help="seconds between windows in window mode (default %(default)s)",
-    )
-    parser.add_argument(
-        "--centre-s",
-        type=float,
-        default=defaults.centre_s,
-        help="window mode: count a window only when its sound's energy centroid is within this "
-        "many seconds of its middle (0: every window; default %(default)s)",
-    )
+        "window_s": "window length, the training clip length (default %(default)s)",
+        "hop_s": "seconds between windows in window mode (default %(default)s)",
+        "centre_s": "window mode: count a window only when its sound's energy centroid is within "
+        "this many seconds of its middle (0: every window; default %(default)s)",
+    }
+    for name, help_text in helps.items():
+        kind = {"choices": MODES} if name == "mode" else {"type": float}
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, **kind, default=getattr(defaults, name), help=help_text)
     args = parser.parse_args(argv)
     try:
-        config = SpotConfig(
-            threshold=args.threshold,
-            smooth_s=args.smooth_s,
-            refractory_s=args.refractory_s,
-            mode=args.mode,
-            window_s=args.window_s,
-            hop_s=args.hop_s,
-            centre_s=args.centre_s or None,
-        )
+        # --centre-s 0 counts every window: the config's None
+        settings = {name: getattr(args, name) for name in helps}
+        config = SpotConfig(**{**settings, "centre_s": args.centre_s or None})
     except ValueError as error:
         parser.error(str(error))
     try:
@@ -377,9 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.flush()
 
 
-def cli(argv: list[str]) -> None:
-    """Entry for `speechcnn spot`."""
-    main(argv)
+cli = main  # `speechcnn spot` (EXTRA_COMMANDS in speechcnn.cli)
 
 
 __all__ = [

@@ -1,20 +1,13 @@
 """Exact streaming inference: audio chunks in, per-frame class posteriors out.
 
-The front end convolves over frequency only and the features are not centred, so frame t of
-the CNN output is a function of samples [t * hop, t * hop + n_fft) alone. A unidirectional LSTM
-then needs nothing from the future: carrying the STFT's overlap (the last n_fft - hop samples)
-and the LSTM's (h, c) between chunks gives, chunk by chunk, the same frames and posteriors as
-the offline model on the whole recording (up to float rounding; the tests check 1e-5).
-The model computes each span's frames itself (`SpeechClassifier.infer`); on the CPU a float
-model runs as one fused, compiled step built from its weights (`speechcnn.fused_step`).
+The front end convolves over frequency only and the features are not centred, so frame t is a
+function of samples [t * hop, t * hop + n_fft) alone; with a unidirectional LSTM, carrying the
+STFT's overlap (n_fft - hop samples) and the head's state between chunks gives the offline
+model's frames and posteriors (up to float rounding; the tests check 1e-5). Frames are computed
+by `SpeechClassifier.infer`, or on the CPU by the fused step of `speechcnn.fused_step`.
 
-The posterior at frame t is the model's posterior for the clip of frames 0..t (since the
-stream began or was reset), so at a clip's last frame it equals the offline posterior of the
-whole clip. Each pooling has a streaming form (`LSTMHead.prefix_logits` is the reference):
-"last" classifies the LSTM output at t; "mean" and "attention" carry a running softmax-weighted
-mean (`LSTMHead.infer`). The classifier is linear and the weights sum to 1, so the pooled
-vector's logits are the weighted mean of every frame's logits: the stream carries the K pooled
-logits and the log of the weights' total, not the LSTM's H outputs.
+The posterior at frame t is the model's for the clip of frames 0..t since the stream began or
+was reset (`LSTMHead.prefix_logits` is the reference; `LSTMHead.infer` the streaming form).
 "last" suits endless streams; "mean" and "attention" pool over everything since the last reset,
 so they suit one utterance at a time (push-to-talk, or a reset per detected utterance).
 """
@@ -40,34 +33,21 @@ def check_streamable(model: SpeechClassifier) -> None:
     head = model.head
     if not isinstance(head, LSTMHead):
         raise NotStreamableError(f"streaming needs an LSTMHead, got {type(head).__name__}")
-    reasons = []
     if head.bidirectional:
-        reasons.append(
-            "the LSTM is bidirectional: its backward direction reads the recording from the "
-            "end, so no output exists until the audio has ended"
-        )
-    if reasons:
         raise NotStreamableError(
-            "model cannot stream: "
-            + "; ".join(reasons)
-            + ". Train with net.bidirectional=false (recipe flag "
-            "--model.net.bidirectional false; the recipe's default is unidirectional): every "
-            "pooling then has a streaming form, and the streamer emits at each frame the "
-            "posterior of the audio so far. (`speechcnn spot --mode window` works with any model.)"
+            "model cannot stream: the LSTM is bidirectional: its backward direction reads the "
+            "recording from the end, so no output exists until the audio has ended. Train with "
+            "net.bidirectional=false (recipe flag --model.net.bidirectional false; the recipe's "
+            "default is unidirectional): every pooling then has a streaming form, and the "
+            "streamer emits at each frame the posterior of the audio so far. (`speechcnn spot "
+            "--mode window` works with any model.)"
         )
 
 
 @torch.no_grad()
 def offline_posteriors(model: SpeechClassifier, waveforms: Tensor) -> Tensor:
-    """Per-frame class posteriors of whole recordings, the reference the streamer must equal.
-
-    Args:
-        model: a streamable classifier (unidirectional LSTM), in eval mode.
-        waveforms: (B, S) float waveforms, S >= n_fft.
-
-    Returns:
-        (B, T, K) posteriors; row t is the model's posterior for the frames 0..t.
-    """
+    """(B, S) waveforms, S >= n_fft -> (B, T, K) posteriors, row t the model's for frames 0..t:
+    the offline reference the streamer must equal (a streamable model in eval mode)."""
     check_streamable(model)
     return model.prefix_logits(waveforms).softmax(dim=-1)
 
@@ -91,17 +71,15 @@ class Streamer:
     """Stateful streaming classifier over one audio stream.
 
     Push chunks of any size (1 sample to minutes); each call returns the frames the chunk
-    completed. Samples that do not yet complete a frame, and the n_fft - hop samples that the
-    next frame shares with this one, are kept for the next call; the head's state is carried.
+    completed, keeping the samples the next frames need and carrying the head's state.
 
     Args:
-        model: a trained `SpeechClassifier` with a unidirectional LSTM (put in eval mode and
-            left there; the streamer never trains). With "mean" or "attention" pooling, each
-            posterior pools over everything since the last `reset`.
-        max_frames_per_step: frames sent through the model at once (bounds memory for very
-            long chunks; any value gives the same result).
+        model: a trained `SpeechClassifier` with a unidirectional LSTM, put in eval mode (with
+            "mean" or "attention" pooling, each posterior pools over everything since `reset`).
+        max_frames_per_step: frames sent through the model at once (bounds memory; any value
+            gives the same result).
         fused: run the compiled `FrameStep` where it applies (a float model on the CPU), else
-            the model's modules (`SpeechClassifier.infer`); both compute the same posteriors.
+            `SpeechClassifier.infer`; both compute the same posteriors.
 
     Raises:
         NotStreamableError: the model's outputs depend on future frames (see the message).
@@ -115,9 +93,8 @@ class Streamer:
             raise ValueError(f"max_frames_per_step must be positive, got {max_frames_per_step}")
         self.model = model.eval()
         features = model.features
-        self.sample_rate: int = features.sample_rate
-        self.n_fft: int = features.n_fft
-        self.hop: int = features.hop_length
+        self.sample_rate, self.n_fft = features.sample_rate, features.n_fft
+        self.hop = features.hop_length
         self.max_frames_per_step = max_frames_per_step
         self.num_classes: int = model.head.classifier.out_features
         self._step: torch.nn.Module | None = None
@@ -146,42 +123,30 @@ class Streamer:
 
     @torch.inference_mode()
     def push(self, chunk: Tensor | np.ndarray) -> StreamStep:
-        """Feed the next samples of the stream.
-
-        Args:
-            chunk: (S,) float samples in [-1, 1], S >= 0, at the model's sample rate.
-
-        Returns:
-            The frames this chunk completed: features (F, T) and posteriors (T, K).
-        """
+        """Feed the next (S,) float samples in [-1, 1] (S >= 0, at the model's sample rate);
+        returns the frames they completed: features (F, T) and posteriors (T, K)."""
         chunk = torch.as_tensor(chunk, dtype=torch.float32)
         if chunk.dim() != 1:
             raise ValueError(f"expected a chunk of shape (S,), got {tuple(chunk.shape)}")
         self.samples_seen += chunk.shape[0]
         pending = torch.cat([self._pending, chunk]) if self._pending.numel() else chunk
-        n_frames = (
-            0 if pending.shape[0] < self.n_fft else (pending.shape[0] - self.n_fft) // self.hop + 1
-        )
+        n_frames = max(0, (pending.shape[0] - self.n_fft) // self.hop + 1)
         first = self.frames_done
-        if n_frames == 0:  # most 10 ms chunks of a 20 ms hop: keep the samples, emit nothing
-            self._pending = pending
-            return StreamStep(self._no_features, self._no_posteriors, first)
-        feats, posts = [], []
-        start = 0
-        while n_frames > 0:
-            n = min(n_frames, self.max_frames_per_step)
-            span = pending[start : start + (n - 1) * self.hop + self.n_fft]
-            f, p = self._frames(span)
+        feats, posts, start = [], [], 0
+        for done in range(0, n_frames, self.max_frames_per_step):
+            n = min(n_frames - done, self.max_frames_per_step)
+            f, p = self._frames(pending[start : start + (n - 1) * self.hop + self.n_fft])
             feats.append(f)
             posts.append(p)
             start += n * self.hop
-            n_frames -= n
-            self.frames_done += n
+        self.frames_done += n_frames
         # Keep everything from the next frame's first sample on: the STFT overlap, and any
         # samples that did not yet fill a frame. A long chunk is copied out of, so that its
         # storage can be freed; a short one stays referenced (next call's cat copies it).
         rest = pending[start:]
         self._pending = rest.clone() if pending.shape[0] > 4 * self.n_fft else rest
+        if not feats:  # most 10 ms chunks of a 20 ms hop: no frame completed yet
+            return StreamStep(self._no_features, self._no_posteriors, first)
         if len(feats) == 1:
             return StreamStep(feats[0], posts[0], first)
         return StreamStep(torch.cat(feats, dim=1), torch.cat(posts, dim=0), first)
@@ -198,22 +163,16 @@ class Streamer:
 
 
 def stream_posteriors(
-    model: SpeechClassifier,
-    samples: Tensor | np.ndarray,
-    chunk_samples: int = 16000,
+    model: SpeechClassifier, samples: Tensor | np.ndarray, chunk_samples: int = 16000
 ) -> Tensor:
-    """Per-frame posteriors (T, K) of a recording of any length, fed in chunks of `chunk_samples`.
-
-    Memory stays bounded by the chunk size, so hours of audio are fine.
-    """
+    """Per-frame posteriors (T, K) of a recording of any length, fed in chunks of `chunk_samples`
+    (memory stays bounded by the chunk size)."""
     if chunk_samples <= 0:
         raise ValueError(f"chunk_samples must be positive, got {chunk_samples}")
     streamer = Streamer(model)
     samples = torch.as_tensor(samples, dtype=torch.float32)
-    steps = [
-        streamer.push(samples[i : i + chunk_samples]) for i in range(0, len(samples), chunk_samples)
-    ]
-    posts = [s.posteriors for s in steps]
+    chunks = range(0, len(samples), chunk_samples)
+    posts = [streamer.push(samples[i : i + chunk_samples]).posteriors for i in chunks]
     return torch.cat(posts) if posts else torch.zeros(0, streamer.num_classes)
 
 

@@ -56,8 +56,8 @@ class ClipDataModule(pl.LightningDataModule):
             writable, else `~/.cache/speechcnn/...`).
         resident: keep each split on the training device and select batches there (True),
             use the per-item DataLoader (False), or choose by free device memory (None).
-        check: run the data check (cached; see `speechcnn check-data`) before decoding, and
-            leave out the files it finds unusable.
+        check: run the data check (cached; see `speechcnn check-data`) before decoding; leave
+            out the files it finds unusable.
     """
 
     name = "clips"  # waveform store entries are named `<name>-<split>`
@@ -88,16 +88,9 @@ class ClipDataModule(pl.LightningDataModule):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.sample_rate = sample_rate
-        self.num_samples = num_samples
-        self.max_samples = max_samples
-        self.min_samples = min_samples
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.cache = cache
-        self.cache_dir = cache_dir
-        self.resident = resident
-        self.check = check
+        self.num_samples, self.max_samples, self.min_samples = num_samples, max_samples, min_samples
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.cache, self.cache_dir, self.resident, self.check = cache, cache_dir, resident, check
         self.check_report: CheckReport | None = None
         self.unusable: set[str] = set()  # paths the data check found unusable
         self.clips: dict[str, ClipSet] = {}
@@ -145,13 +138,11 @@ class ClipDataModule(pl.LightningDataModule):
         skipped = self.check_report.unusable_in([str(p) for p, _ in items]) if self.unusable else []
         items = [(path, label) for path, label in items if str(path) not in self.unusable]
         extra = self.extra_clips(split)
+        decode = (items, self.sample_rate, self.num_samples)
         if self.cache:
-            clips = cached_clips(
-                items, self.sample_rate, self.num_samples, self.store_dir(),
-                self.entry_name(split), extra=extra,
-            )  # fmt: skip
+            clips = cached_clips(*decode, self.store_dir(), self.entry_name(split), extra=extra)
         else:
-            clips = decode_clips(items, self.sample_rate, self.num_samples, extra=extra)
+            clips = decode_clips(*decode, extra=extra)
         if self.num_samples is None:
             clips = self._fit(clips)
         clips.skipped = skipped + list(clips.skipped)
@@ -180,30 +171,23 @@ class ClipDataModule(pl.LightningDataModule):
             self.run_check()
         if stage in (None, "fit"):
             self._load("train")
-            self._load("val")
-            if self.training_noise is None:
-                noise = self.noise()
-                self.training_noise = torch.from_numpy(np.concatenate(noise)) if noise else None
         if stage in (None, "fit", "validate"):
             self._load("val")
+        if stage in (None, "fit") and self.training_noise is None:
+            noise = self.noise()
+            self.training_noise = torch.from_numpy(np.concatenate(noise)) if noise else None
         if stage in (None, "test", "predict"):
             self._load("test")
 
     def _loader(self, split: str, shuffle: bool) -> ResidentBatches | DataLoader:
-        trainer = self.trainer
-        return make_loader(
-            self._load(split),
-            self.batch_size,
-            shuffle,
-            device=trainer.strategy.root_device if trainer is not None else "cpu",
-            resident=self.resident,
-            rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            name=split,
-            trim=self.num_samples is None,
+        t = self.trainer
+        device, rank, world_size = (
+            ("cpu", 0, 1) if t is None else (t.strategy.root_device, t.global_rank, t.world_size)
         )
+        return make_loader(
+            self._load(split), self.batch_size, shuffle, device, self.resident, rank, world_size,
+            self.seed, self.num_workers, name=split, trim=self.num_samples is None,
+        )  # fmt: skip
 
     def train_dataloader(self) -> ResidentBatches | DataLoader:
         return self._loader("train", shuffle=True)
@@ -214,8 +198,7 @@ class ClipDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> ResidentBatches | DataLoader:
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> ResidentBatches | DataLoader:
-        return self._loader("test", shuffle=False)
+    predict_dataloader = test_dataloader
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Float conversion on the batch's device (training's changes are the model's:

@@ -39,11 +39,7 @@ UNUSABLE = ("unreadable", "truncated", "empty", "silent", "non_finite")
 FIXABLE = ("sample_rate", "channels", "too_long")
 LIST_PROBLEMS = ("missing_listed", "split_overlap")
 ACTIONS = {
-    "unreadable": "skipped",
-    "truncated": "skipped",
-    "empty": "skipped",
-    "silent": "skipped",
-    "non_finite": "skipped",
+    **dict.fromkeys(UNUSABLE, "skipped"),
     "sample_rate": "resampled on load",
     "channels": "downmixed on load",
     "too_long": "trimmed on load",
@@ -59,9 +55,7 @@ def wav_declared_frames(path: Path) -> int | None:
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return None
         block_align = None
-        while chunk := f.read(8):
-            if len(chunk) < 8:
-                return None
+        while len(chunk := f.read(8)) == 8:
             name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if name == b"fmt ":
                 fmt = f.read(size + (size & 1))
@@ -69,9 +63,8 @@ def wav_declared_frames(path: Path) -> int | None:
                     block_align = struct.unpack("<H", fmt[12:14])[0]
             elif name == b"data":
                 # 0 and 0xFFFFFFFF mark a header written by a stream that never finalised it
-                if not block_align or size in (0, 0xFFFFFFFF):
-                    return None
-                return size // block_align
+                final = block_align and size not in (0, 0xFFFFFFFF)
+                return size // block_align if final else None
             else:
                 f.seek(size + (size & 1), os.SEEK_CUR)
     return None
@@ -81,15 +74,14 @@ def file_facts(path: str | Path) -> dict:
     """What the check needs to know about one file, read once (the cached part)."""
     path = Path(path)
     try:
-        info = sf.info(str(path))
-        samples, _ = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         return {"error": str(error)}
     declared = wav_declared_frames(path) if path.suffix.lower() == ".wav" else None
     finite = bool(np.isfinite(samples).all())
     return {
-        "rate": int(info.samplerate),
-        "channels": int(info.channels),
+        "rate": int(rate),
+        "channels": int(samples.shape[1]),
         "frames": int(samples.shape[0]),
         "declared_frames": declared,
         "non_finite": not finite,
@@ -154,20 +146,14 @@ class CheckReport:
 
     def counts(self) -> Counter:
         """Files per problem kind."""
-        counts: Counter = Counter()
-        for entry in self.files.values():
-            counts.update(entry["problems"])
+        counts = Counter(kind for entry in self.files.values() for kind in entry["problems"])
         counts["missing_listed"] = len(self.missing_listed)
         counts["split_overlap"] = len(self.split_overlap)
         return counts
 
     def unusable_paths(self) -> set[str]:
         """Paths of the files training leaves out."""
-        return {
-            path
-            for path, entry in self.files.items()
-            if any(kind in UNUSABLE for kind in entry["problems"])
-        }
+        return {p for p, entry in self.files.items() if set(entry["problems"]) & set(UNUSABLE)}
 
     def unusable_in(self, paths: Sequence[str]) -> list[str]:
         """'path: reason' of the unusable files among `paths`, as ClipSet.skipped holds them."""
@@ -191,26 +177,19 @@ class CheckReport:
             f"data check of {self.root}: {self.checked} files, expected {self.sample_rate} Hz mono"
             + (f", at most {self.long_seconds:g} s" if self.long_seconds else ""),
             f"{'problem':<16}{'files':>7}  action",
+            *(f"{kind:<16}{counts[kind]:>7}  {action}" for kind, action in ACTIONS.items()),
         ]
-        for kind in UNUSABLE + FIXABLE + LIST_PROBLEMS:
-            lines.append(f"{kind:<16}{counts[kind]:>7}  {ACTIONS[kind]}")
-        skipped = sorted(self.unusable_paths())
-        if skipped:
+        if skipped := sorted(self.unusable_paths()):
             lines.append(f"skipped files ({len(skipped)}):")
-            lines += [f"  {p}: {'; '.join(self.files[p]['details'])}" for p in skipped[:max_names]]
-            if len(skipped) > max_names:
-                lines.append(f"  ... and {len(skipped) - max_names} more (see the JSON report)")
+            rows = [f"  {p}: {'; '.join(self.files[p]['details'])}" for p in skipped]
+            lines += _first(rows, max_names)
         for kind in FIXABLE:
-            paths = self.paths_with(kind)
-            if not paths:
-                continue
-            files = f"{len(paths)} file" + ("s" if len(paths) > 1 else "")
-            lines.append(f"{ACTIONS[kind]} ({kind}, {files}):")
-            for p in paths[:per_kind]:
-                detail = self.files[p]["details"][self.files[p]["problems"].index(kind)]
-                lines.append(f"  {p}: {detail}")
-            if len(paths) > per_kind:
-                lines.append(f"  ... and {len(paths) - per_kind} more (see the JSON report)")
+            if paths := self.paths_with(kind):
+                files = f"{len(paths)} file" + ("s" if len(paths) > 1 else "")
+                lines.append(f"{ACTIONS[kind]} ({kind}, {files}):")
+                entries = [(p, self.files[p]) for p in paths]
+                rows = [f"  {p}: {e['details'][e['problems'].index(kind)]}" for p, e in entries]
+                lines += _first(rows, per_kind)
         for name, paths in (("listed but missing", self.missing_listed),
                             ("in both split lists", self.split_overlap)):  # fmt: skip
             if paths:
@@ -255,6 +234,12 @@ class CheckReport:
             log.warning("%s", self.table())
 
 
+def _first(rows: list[str], limit: int) -> list[str]:
+    """The first `limit` rows, and a line counting the rest."""
+    more = [f"  ... and {len(rows) - limit} more (see the JSON report)"]
+    return rows[:limit] + (more if len(rows) > limit else [])
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -266,14 +251,6 @@ def _atomic_write(path: Path, text: str) -> None:
 def _cache_path(root: str | Path, cache_dir: str | Path | None) -> Path:
     digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
     return Path(cache_dir or cache_home()) / "check" / f"{Path(root).name}-{digest}.json"
-
-
-def _load_cache(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data.get("files", {}) if data.get("version") == CACHE_VERSION else {}
 
 
 def check_items(
@@ -293,18 +270,21 @@ def check_items(
         items: the files a data module would decode.
         root: the data folder (names the report and the cache file).
         sample_rate: the rate training expects.
-        long_seconds: files longer than this are flagged (and trimmed on load).
-        max_samples: the same limit in samples at `sample_rate` (used when long_seconds is None).
-        missing_listed: split-list entries with no file, found by the caller.
-        split_overlap: files in several split lists, found by the caller.
-        cache: read and update the facts cache (a cache folder that cannot be written is
-            reported in the log and skipped).
+        long_seconds: files longer than this are flagged (and trimmed on load); None: from
+            `max_samples` (the same limit in samples at `sample_rate`), if given.
+        missing_listed, split_overlap: split-list entries with no file, and files in several
+            split lists, found by the caller.
+        cache: read and update the facts cache (one that cannot be written is logged, skipped).
         cache_dir: where the cache lives (default: `cache_home()`).
     """
     if long_seconds is None and max_samples is not None:
         long_seconds = max_samples / sample_rate
     cache_file = _cache_path(root, cache_dir)
-    cached = _load_cache(cache_file) if cache else {}
+    try:
+        data = json.loads(cache_file.read_text()) if cache else {}
+    except (OSError, ValueError):
+        data = {}
+    cached = data.get("files", {}) if data.get("version") == CACHE_VERSION else {}
     fresh: dict[str, dict] = {}
     report = CheckReport(str(root), sample_rate, long_seconds, cache_file=str(cache_file))
     for path, label, split in items:
@@ -320,14 +300,9 @@ def check_items(
             facts = entry["facts"] if entry and entry.get("stamp") == stamp else file_facts(path)
             fresh[key] = {"stamp": stamp, "facts": facts}
         report.checked += 1
-        found = problems_of(facts, sample_rate, long_seconds)
-        if found:
-            report.files[key] = {
-                "label": label,
-                "split": split,
-                "problems": found,
-                "details": [describe(k, facts, sample_rate, long_seconds) for k in found],
-            }
+        if found := problems_of(facts, sample_rate, long_seconds):
+            why = [describe(k, facts, sample_rate, long_seconds) for k in found]
+            report.files[key] = {"label": label, "split": split, "problems": found, "details": why}
     report.missing_listed = sorted(missing_listed)
     report.split_overlap = sorted(split_overlap)
     if cache and fresh != cached:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from speechcnn.data.audio import AudioError, fit_length, read_audio
 
@@ -67,34 +67,26 @@ def decode_clips(
     num_samples: int | None,
     extra: Sequence[tuple[np.ndarray, int, str]] = (),
 ) -> ClipSet:
-    """Decode (path, label) items into a ClipSet.
+    """Decode (path, label) items into a ClipSet; unusable files are left out (`iter_decoded`).
 
     Args:
         items: audio files and their labels.
         sample_rate: target sample rate; other rates are resampled.
         num_samples: pad/trim every clip to this length (None: pad to the longest clip).
         extra: already decoded (float samples, label, name) clips to append, e.g. silence.
-
-    Files that cannot be used are logged with the reason and left out, never raised.
     """
-    rows: list[np.ndarray] = []
-    labels: list[int] = []
-    paths: list[str] = []
     skipped: list[str] = []
-    for samples, label, path in chain(iter_decoded(items, sample_rate, skipped), extra):
-        rows.append(samples)
-        labels.append(label)
-        paths.append(path)
-    lengths = [len(r) if num_samples is None else min(len(r), num_samples) for r in rows]
+    decoded = list(chain(iter_decoded(items, sample_rate, skipped), extra))
+    lengths = [len(s) if num_samples is None else min(len(s), num_samples) for s, _, _ in decoded]
     width = num_samples if num_samples is not None else max(lengths, default=0)
-    waveforms = np.zeros((len(rows), width), dtype=np.int16)
-    for i, row in enumerate(rows):
-        waveforms[i] = to_int16(fit_length(row, width))
+    waveforms = np.zeros((len(decoded), width), dtype=np.int16)
+    for i, (samples, _, _) in enumerate(decoded):
+        waveforms[i] = to_int16(fit_length(samples, width))
     return ClipSet(
         waveforms=torch.from_numpy(waveforms),
         lengths=torch.tensor(lengths, dtype=torch.long),
-        labels=torch.tensor(labels, dtype=torch.long),
-        paths=paths,
+        labels=torch.tensor([label for _, label, _ in decoded], dtype=torch.long),
+        paths=[path for _, _, path in decoded],
         skipped=skipped,
     )
 
@@ -105,18 +97,11 @@ def collate_trimmed(batch: list[Batch]) -> Batch:
     return waveforms[:, : int(lengths.max())], lengths, labels
 
 
-class ClipDataset(Dataset):
+class ClipDataset(TensorDataset):
     """Map-style view of a ClipSet: item i is (int16 waveform (S,), length, label)."""
 
     def __init__(self, clips: ClipSet) -> None:
-        self.clips = clips
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, index: int) -> Batch:
-        c = self.clips
-        return c.waveforms[index], c.lengths[index], c.labels[index]
+        super().__init__(clips.waveforms, clips.lengths, clips.labels)
 
 
 def to_float(waveforms: Tensor) -> Tensor:
@@ -126,26 +111,20 @@ def to_float(waveforms: Tensor) -> Tensor:
     return waveforms
 
 
-# ---------------------------------------------------------------------------------------------
-# Device-resident batches: the whole split on the training device, a batch is an index selection.
-
-
 class ShardedBatchSampler:
     """Index batches of one rank's shard of a split, reshuffled every epoch.
 
     All ranks draw the same permutation (seeded by `seed` and the epoch) and take every
-    `world_size`-th index from position `rank`, so the shards are disjoint. In training
-    (`drop_last`) each rank gets the same number of full batches, as DDP needs (every rank must
-    run the same number of steps); in evaluation each rank takes a contiguous chunk, no index
-    is repeated or dropped, and the chunks cover the split.
+    `world_size`-th index from `rank`: disjoint shards. In training (`drop_last`) each rank gets
+    the same number of full batches, as DDP needs (every rank must run the same number of
+    steps); in evaluation each rank takes a contiguous chunk, and the chunks cover the split
+    with no index repeated or dropped.
 
-    With `lengths` (clips of differing lengths), each shuffled window of `batch_size * window`
-    clips of the shard is sorted by length before it is cut into batches, and the batches are
-    shuffled: a batch holds clips of similar length, so trimming it to its longest clip leaves
-    little padding. `drop_last` then drops the short last batch of each window.
-
-    Lightning calls `set_epoch` at the start of every training epoch (it looks for a
-    `sampler` attribute on the loader).
+    With `lengths`, each shuffled window of `batch_size * window` clips is sorted by length
+    before it is cut into batches, and the batches are shuffled: a batch holds clips of similar
+    length, so trimming it to its longest clip leaves little padding (`drop_last` drops the
+    short last batch of each window). Lightning calls `set_epoch` every training epoch (it looks
+    for a `sampler` attribute on the loader).
     """
 
     def __init__(
@@ -232,9 +211,7 @@ class ResidentBatches:
     ) -> None:
         if sampler.size != len(clips):
             raise ValueError(f"sampler covers {sampler.size} clips, the split has {len(clips)}")
-        self.clips = clips
-        self.sampler = sampler
-        self.trim = trim
+        self.clips, self.sampler, self.trim = clips, sampler, trim
         # Lightning reads these DataLoader attributes: `sampler` gets set_epoch, and there is
         # no separate batch sampler (the sampler yields whole index batches).
         self.batch_sampler = None
@@ -245,11 +222,7 @@ class ResidentBatches:
         """(N, S) int16 waveforms, (N,) lengths, (N,) labels on the device (copied once)."""
         if self._tensors is None:
             c = self.clips
-            self._tensors = (
-                c.waveforms.to(self.device),
-                c.lengths.to(self.device),
-                c.labels.to(self.device),
-            )
+            self._tensors = tuple(t.to(self.device) for t in (c.waveforms, c.lengths, c.labels))
         return self._tensors
 
     def __len__(self) -> int:
@@ -303,8 +276,8 @@ def make_loader(
         batch_size: clips per batch (per rank).
         shuffle: training order (shuffled every epoch, full batches only).
         device: the training device of this rank.
-        resident: True to force device-resident batches, False to force the per-item
-            DataLoader, None to choose by `fits_on_device`.
+        resident: True forces device-resident batches, False the per-item DataLoader, None
+            chooses by `fits_on_device`.
         rank, world_size: this process's place in distributed training (resident batches
             shard themselves; the DataLoader gets Lightning's DistributedSampler).
         seed: shuffling seed of resident batches.
@@ -314,18 +287,12 @@ def make_loader(
             `ShardedBatchSampler`) and every batch is cut to its longest clip.
     """
     device = torch.device(device)
-    nbytes = split_nbytes(clips)
-    fits, why = fits_on_device(nbytes, device)
+    fits, why = fits_on_device(split_nbytes(clips), device)
     use_resident = fits if resident is None else resident
     if use_resident:
-        log.info(
-            "%s: %d clips resident on %s, batches are index selections (%s%s)",
-            name,
-            len(clips),
-            device,
-            why,
-            "" if resident is None else "; forced by resident=True",
-        )
+        forced = "" if resident is None else "; forced by resident=True"
+        log.info("%s: %d clips resident on %s, batches are index selections (%s%s)", name,
+                 len(clips), device, why, forced)  # fmt: skip
     if use_resident or trim:
         sampler = ShardedBatchSampler(
             len(clips), batch_size, shuffle, shuffle, rank, world_size, seed,
@@ -333,22 +300,15 @@ def make_loader(
         )  # fmt: skip
     if use_resident:
         return ResidentBatches(clips, sampler, device, trim=trim)
-    log.info(
-        "%s: %d clips through a per-item DataLoader with %d workers (%s)",
-        name,
-        len(clips),
-        num_workers,
-        "forced by resident=False" if resident is False else f"does not fit: {why}",
-    )
+    why = "forced by resident=False" if resident is False else f"does not fit: {why}"
+    log.info("%s: %d clips through a per-item DataLoader with %d workers (%s)", name, len(clips),
+             num_workers, why)  # fmt: skip
     if trim:
         batching = {"batch_sampler": sampler, "collate_fn": collate_trimmed}
     else:
         batching = {"batch_size": batch_size, "shuffle": shuffle,
                     "drop_last": shuffle and len(clips) > batch_size}  # fmt: skip
     return DataLoader(
-        ClipDataset(clips),
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        pin_memory=device.type == "cuda",
-        **batching,
-    )
+        ClipDataset(clips), num_workers=num_workers, persistent_workers=num_workers > 0,
+        pin_memory=device.type == "cuda", **batching,
+    )  # fmt: skip

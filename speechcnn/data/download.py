@@ -66,18 +66,10 @@ def _progress_bar(total: int | None, initial: int, name: str) -> Callable[[int],
         from tqdm import tqdm
     except ImportError:  # tqdm comes with Lightning; without it, no bar
         return lambda n: None
-    bar = tqdm(
-        total=total,
-        initial=initial,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=name,
-        file=sys.stderr,
-        disable=not sys.stderr.isatty(),
-        leave=False,
-    )
-    return bar.update
+    return tqdm(
+        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+        file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
+    ).update  # fmt: skip
 
 
 def _fetch_once(url: str, part: Path, timeout: float, show_progress: bool) -> None:
@@ -93,8 +85,8 @@ def _fetch_once(url: str, part: Path, timeout: float, show_progress: bool) -> No
             return
         raise
     with response:
-        status = getattr(response, "status", 200)
-        if have and status != 206:  # the server ignored Range: start over rather than corrupt
+        if have and getattr(response, "status", 200) != 206:
+            # The server ignored Range: start over rather than corrupt the part file.
             log.info("%s does not support resuming; downloading from the start", url)
             have = 0
         length = response.headers.get("Content-Length")
@@ -135,24 +127,16 @@ def download_file(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    last_error: Exception | None = None
     for attempt in range(retries + 1):
         try:
             _fetch_once(url, part, timeout, show_progress)
-            last_error = None
             break
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             last_error = error
             have = part.stat().st_size if part.exists() else 0
-            log.warning(
-                "download of %s interrupted (%s) at %d bytes; attempt %d of %d",
-                url,
-                error,
-                have,
-                attempt + 1,
-                retries + 1,
-            )
-    if last_error is not None:
+            log.warning("download of %s interrupted (%s) at %d bytes; attempt %d of %d", url,
+                        error, have, attempt + 1, retries + 1)  # fmt: skip
+    else:
         kept = f"; kept {part} to resume later" if part.exists() else ""
         raise DownloadError(
             f"cannot download {url} ({last_error}){kept}. If this "
@@ -219,10 +203,9 @@ def extract_tar(archive: str | Path, target: str | Path) -> Path:
                 raise DownloadError(
                     f"refusing to extract {archive}: {len(bad)} unsafe member(s) ({shown})"
                 )
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (and backports)
-                tar.extractall(staging, members=members, filter="data")
-            else:
-                tar.extractall(staging, members=members)  # noqa: S202 (members checked above)
+            # Where Python has it (>= 3.11.4, and backports) the "data" filter guards again.
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(staging, members=members, **safe)  # noqa: S202 (members checked above)
         if target.exists():
             target.rmdir()  # empty, checked above
         os.replace(staging, target)

@@ -27,15 +27,9 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3")
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-    "eval": "test",
+    **dict.fromkeys(("train", "training"), "train"),
+    **dict.fromkeys(("val", "valid", "validation", "dev"), "val"),
+    **dict.fromkeys(("test", "testing", "eval"), "test"),
 }
 
 
@@ -93,13 +87,11 @@ def index_manifest(manifest: str | Path, root: str | Path | None = None) -> list
             if not row["path"] or not row["label"]:
                 raise FolderDataError(f"{manifest}:{line}: empty path or label")
             split = row.get("split") or None
-            if split is not None:
-                if split.lower() not in SPLIT_ALIASES:
-                    raise FolderDataError(
-                        f"{manifest}:{line}: split {split!r} is not one of train/val/test"
-                    )
-                split = SPLIT_ALIASES[split.lower()]
-            path = Path(row["path"])
+            if split is not None and split.lower() not in SPLIT_ALIASES:
+                raise FolderDataError(
+                    f"{manifest}:{line}: split {split!r} is not one of train/val/test"
+                )
+            split, path = split and SPLIT_ALIASES[split.lower()], Path(row["path"])
             items.append(Item(path if path.is_absolute() else base / path, row["label"], split))
     if not items:
         raise FolderDataError(f"{manifest} lists no files")
@@ -111,9 +103,7 @@ def hash_split(key: str, val_percent: float, test_percent: float) -> str:
     bucket = int(hashlib.sha1(key.encode()).hexdigest(), 16) % 10000 / 100.0  # [0, 100)
     if bucket < test_percent:
         return "test"
-    if bucket < test_percent + val_percent:
-        return "val"
-    return "train"
+    return "val" if bucket < test_percent + val_percent else "train"
 
 
 class LabelledAudioDataModule(ClipDataModule):
@@ -170,12 +160,9 @@ class LabelledAudioDataModule(ClipDataModule):
                 f"need val_percent, test_percent >= 0 summing below 100, got {val_percent}, "
                 f"{test_percent}"
             )
-        self.root = Path(root)
-        self.manifest = manifest
-        self.val_percent = val_percent
-        self.test_percent = test_percent
+        self.root, self.manifest, self.noise_dir = Path(root), manifest, noise_dir
+        self.val_percent, self.test_percent = val_percent, test_percent
         self.group_pattern = re.compile(group_pattern) if group_pattern else None
-        self.noise_dir = noise_dir
         self.items = self.index()
         found = sorted({item.label for item in self.items})
         names = list(classes) if classes is not None else found
@@ -202,19 +189,14 @@ class LabelledAudioDataModule(ClipDataModule):
         if item.split is not None:
             return item.split
         if self.group_pattern is not None:
-            key = self._group(item.path.name)
+            match = self.group_pattern.search(item.path.name)
+            key = item.path.name if match is None else match.group(1 if match.groups() else 0)
         else:
             try:
                 key = item.path.relative_to(self.root).as_posix()
             except ValueError:  # a manifest path outside root
                 key = item.path.as_posix()
         return hash_split(key, self.val_percent, self.test_percent)
-
-    def _group(self, name: str) -> str:
-        match = self.group_pattern.search(name)
-        if match is None:
-            return name
-        return match.group(1) if match.groups() else match.group(0)
 
     def split_items(self, split: str) -> Items:
         """(path, label) of a split's files, leaving out labels outside `class_names`."""

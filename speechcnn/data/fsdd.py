@@ -65,8 +65,7 @@ class FSDDDataModule(LabelledAudioDataModule):
                 f"{kwargs.get('manifest')!r} and group_pattern {kwargs.get('group_pattern')!r} "
                 "do not apply"
             )
-        self.split = split
-        self.val_takes = val_takes
+        self.split, self.val_takes = split, val_takes
         self.test_speakers = list(test_speakers) if test_speakers is not None else ["george"]
         super().__init__(root=root, classes=DIGITS, sample_rate=sample_rate, **kwargs)
         self.name = f"fsdd-{split}"
@@ -88,29 +87,21 @@ class FSDDDataModule(LabelledAudioDataModule):
             )
         items, strangers = [], []
         for path in wav_files(root):
-            parsed = parse_fsdd_name(path.name)
-            if parsed is None:
+            if (parsed := parse_fsdd_name(path.name)) is None:
                 strangers.append(path.name)
-                continue
-            digit, speaker, take = parsed
-            items.append(Item(path, digit, self._split(speaker, take)))
+            else:
+                digit, speaker, take = parsed
+                items.append(Item(path, digit, self._split(speaker, take)))
         if strangers:
-            log.warning(
-                "%d files in %s are not named {digit}_{speaker}_{take}.wav and are left out, "
-                "e.g. %s",
-                len(strangers),
-                root,
-                strangers[:3],
-            )
+            log.warning("%d files in %s are not named {digit}_{speaker}_{take}.wav and are left "
+                        "out, e.g. %s", len(strangers), root, strangers[:3])  # fmt: skip
         if not items:
             raise FolderDataError(f"{root} holds no {{digit}}_{{speaker}}_{{take}}.wav files")
         return items
 
     def _split(self, speaker: str, take: int) -> str:
         if self.split == "speakers":
-            if speaker in self.test_speakers:
-                return "test"
-            return "val" if take < TEST_TAKES else "train"
-        if take < TEST_TAKES:
-            return "test"
-        return "val" if take < TEST_TAKES + self.val_takes else "train"
+            test, val_end = speaker in self.test_speakers, TEST_TAKES
+        else:
+            test, val_end = take < TEST_TAKES, TEST_TAKES + self.val_takes
+        return "test" if test else "val" if take < val_end else "train"

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from speechcnn.data.check import CheckReport
 from speechcnn.data.folder import FolderDataError, LabelledAudioDataModule
@@ -13,12 +14,12 @@ from speechcnn.data.fsdd import FSDDDataModule
 from speechcnn.data.speech_commands import GET_DATA, DataError, SpeechCommandsDataModule
 from speechcnn.data.store import cache_home
 
-LAYOUTS = ("speech_commands", "folder", "fsdd")
 LAYOUT_NAMES = {
     "speech_commands": "Speech Commands v0.02 (word folders and split lists)",
     "folder": "class sub-folders (ROOT/<class>/<file>)",
     "fsdd": "FSDD recordings ({digit}_{speaker}_{take}.wav)",
 }
+LAYOUTS = tuple(LAYOUT_NAMES)
 
 
 def detect_layout(root: Path) -> str:
@@ -33,26 +34,18 @@ def detect_layout(root: Path) -> str:
 def check_layout(layout: str, root: Path, args: argparse.Namespace) -> CheckReport:
     """The data check of `root` read as `layout`; a DataError or FolderDataError says why the
     folder is not in that layout."""
-    kwargs = {"root": str(root), "check": False, "cache_dir": args.cache_dir}
-    if layout == "speech_commands":
-        # The check flags clips longer than 1.5 clip lengths.
-        clip_seconds = (args.max_seconds or 1.5) / 1.5
-        module = SpeechCommandsDataModule(
-            sample_rate=args.sample_rate or 16000, clip_seconds=clip_seconds, **kwargs
-        )
+    rate, seconds = args.sample_rate or (8000 if layout == "fsdd" else 16000), args.max_seconds
+    kwargs = {"root": str(root), "sample_rate": rate, "check": False, "cache_dir": args.cache_dir}
+    if layout == "speech_commands":  # its check flags clips longer than 1.5 clip lengths
+        module = SpeechCommandsDataModule(clip_seconds=(seconds or 1.5) / 1.5, **kwargs)
     elif layout == "fsdd":
-        module = FSDDDataModule(
-            sample_rate=args.sample_rate or 8000, max_seconds=args.max_seconds, **kwargs
-        )
+        module = FSDDDataModule(max_seconds=seconds, **kwargs)
     else:
-        module = LabelledAudioDataModule(
-            manifest=args.manifest, sample_rate=args.sample_rate or 16000,
-            max_seconds=args.max_seconds, **kwargs,
-        )  # fmt: skip
+        module = LabelledAudioDataModule(manifest=args.manifest, max_seconds=seconds, **kwargs)
     return module.data_check(cache=not args.no_cache)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"speechcnn check-data: error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
 
@@ -67,9 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Data check: find every bad audio file and split-list problem before training.",
     )
     parser.add_argument("root", help="data folder (or the base folder of --manifest paths)")
-    parser.add_argument(
-        "--layout", choices=("auto", "speech_commands", "folder", "fsdd"), default="auto"
-    )
+    parser.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto")
     parser.add_argument("--manifest", help="CSV manifest (path,label[,split]) for a folder")
     parser.add_argument("--sample-rate", type=int, help="expected rate (default: by layout)")
     parser.add_argument("--max-seconds", type=float, help="flag clips longer than this")
@@ -80,11 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     root = Path(args.root)
     layouts = "; ".join(LAYOUT_NAMES.values())
-    if not root.is_dir():
+    if not root.is_dir() or not any(root.iterdir()):
         what = "is a file, not a folder" if root.exists() else "does not exist"
+        what = "is empty" if root.is_dir() else what
         _fail(f"{root} {what}: expected a data folder in one of the layouts {layouts}")
-    if not any(root.iterdir()):
-        _fail(f"{root} is empty: expected a data folder in one of the layouts {layouts}")
     if args.manifest:
         tried = ["folder"]
     elif args.layout != "auto":
@@ -93,15 +83,13 @@ def main(argv: list[str] | None = None) -> None:
         first = detect_layout(root)
         tried = [first, *(layout for layout in LAYOUTS if layout != first)]
     failures = []
-    report = None
     for layout in tried:
         try:
             report = check_layout(layout, root, args)
             break
         except (DataError, FolderDataError) as error:
-            why = str(error).replace(f" {GET_DATA}", "")
-            failures.append(f"as {LAYOUT_NAMES[layout]}: {why}")
-    if report is None:
+            failures.append(f"as {LAYOUT_NAMES[layout]}: {str(error).replace(f' {GET_DATA}', '')}")
+    else:
         if len(failures) == 1:
             _fail(failures[0])
         _fail(f"{root} is in none of the layouts tried: " + " | ".join(failures))

@@ -18,10 +18,8 @@ log = logging.getLogger(__name__)
 
 SPEECH_COMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 SPEECH_COMMANDS_SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"
-SPEECH_COMMANDS_BYTES = 2_428_923_189
 TEST_SET_URL = "http://download.tensorflow.org/data/speech_commands_test_set_v0.02.tar.gz"
 TEST_SET_SHA256 = "cc2a00c1147c2254e9be3fa0f779d8c17421dc349b86366567a8edfa9acd51df"
-TEST_SET_BYTES = 112_563_277
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
@@ -49,11 +47,9 @@ class DataError(ValueError):
 
 def class_names(task: str) -> list[str]:
     """Class names in label order: 12 = silence, unknown, 10 keywords; 35 = every word."""
-    if task == "12":
-        return [SILENCE, UNKNOWN, *KEYWORDS]
-    if task == "35":
-        return list(ALL_WORDS)
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return [SILENCE, UNKNOWN, *KEYWORDS] if task == "12" else list(ALL_WORDS)
 
 
 def read_split_list(path: Path) -> set[str]:
@@ -73,7 +69,11 @@ def index_speech_commands(
     Raises:
         DataError: the folder is missing or not in the v0.02 layout.
     """
-    root = Path(root)
+    return _scan(Path(root), split_lists)[0]
+
+
+def _scan(root: Path, split_lists: str | Path | None = None) -> tuple[dict, list[str], list[str]]:
+    """`index_speech_commands`, the listed files that are missing, the files in both lists."""
     if not root.is_dir():
         raise DataError(f"Speech Commands folder {root} does not exist. {GET_DATA}")
     where = root if split_lists is None else Path(split_lists)
@@ -87,23 +87,17 @@ def index_speech_commands(
             f"(missing: {absent or 'none'}), {NOISE_DIR}/, validation_list.txt and "
             f"testing_list.txt (missing from {where}: {missing or 'none'}). {GET_DATA}"
         )
-    val = read_split_list(lists["validation_list.txt"])
-    test = read_split_list(lists["testing_list.txt"])
+    val, test = (read_split_list(path) for path in lists.values())
     splits: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
     for word in words:
         for wav in wav_files(root / word):
             rel = f"{word}/{wav.name}"
-            split = "val" if rel in val else "test" if rel in test else "train"
-            splits[split].append((rel, word))
-    listed = {rel for rel, _ in splits["val"]} | {rel for rel, _ in splits["test"]}
-    if not_found := sorted((val | test) - listed):
-        log.warning(
-            "%d files in the split lists are missing from %s, e.g. %s",
-            len(not_found),
-            root,
-            not_found[:3],
-        )
-    return splits
+            splits["val" if rel in val else "test" if rel in test else "train"].append((rel, word))
+    present = {rel for rows in splits.values() for rel, _ in rows}
+    if not_found := sorted((val | test) - present):
+        log.warning("%d files in the split lists are missing from %s, e.g. %s", len(not_found),
+                    root, not_found[:3])  # fmt: skip
+    return splits, not_found, sorted(val & test)
 
 
 def read_noise(root: str | Path, sample_rate: int) -> list[np.ndarray]:
@@ -151,18 +145,14 @@ def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[P
             f"test set folder {test_root} does not exist: expected the extracted "
             "speech_commands_test_set_v0.02 (one folder per class, _unknown_ and _silence_ too)"
         )
-    missing = [n for n in names if not (test_root / n).is_dir()]
-    if missing:
+    if missing := [n for n in names if not (test_root / n).is_dir()]:
         raise DataError(
             f"{test_root} is not in the official 12-class test-set layout: expected folders "
             f"{names}, missing {missing}. Extract speech_commands_test_set_v0.02.tar.gz "
             "(http://download.tensorflow.org/data/speech_commands_test_set_v0.02.tar.gz) there."
         )
-    items = []
-    for label, name in enumerate(names):
-        # Unknown clips are named like backward_0c540988_nohash_0.wav.wav: match any *.wav.
-        items += [(p, label) for p in wav_files(test_root / name)]
-    return items
+    # Unknown clips are named like backward_0c540988_nohash_0.wav.wav: match any *.wav.
+    return [(p, label) for label, name in enumerate(names) for p in wav_files(test_root / name)]
 
 
 def check_speech_commands(
@@ -177,23 +167,12 @@ def check_speech_commands(
     Clips longer than 1.5 x clip_seconds are flagged as much longer than expected.
     """
     root = Path(root)
-    splits = index_speech_commands(root)  # raises DataError naming what the layout lacks
-    lists = {
-        name: read_split_list(root / name) for name in ("validation_list.txt", "testing_list.txt")
-    }
-    present = {rel for split in splits.values() for rel, _ in split}
-    listed = lists["validation_list.txt"] | lists["testing_list.txt"]
+    splits, missing, overlap = _scan(root)  # raises DataError naming what the layout lacks
     items = [(root / rel, word, split) for split, rows in splits.items() for rel, word in rows]
     return check_items(
-        items,
-        root,
-        sample_rate,
-        long_seconds=1.5 * clip_seconds,
-        missing_listed=sorted(listed - present),
-        split_overlap=sorted(lists["validation_list.txt"] & lists["testing_list.txt"]),
-        cache=cache,
-        cache_dir=cache_dir,
-    )
+        items, root, sample_rate, long_seconds=1.5 * clip_seconds, missing_listed=missing,
+        split_overlap=overlap, cache=cache, cache_dir=cache_dir,
+    )  # fmt: skip
 
 
 def ensure_speech_commands(
@@ -241,23 +220,19 @@ class SpeechCommandsDataModule(ClipDataModule):
     Args:
         root: folder of the extracted speech_commands_v0.02 data set.
         task: "12" or "35".
-        test_root: a folder in the official 12-class test-set layout to test on instead of
-            the testing split.
+        test_root: the extracted official 12-class test set, tested on instead of the test split.
         clip_seconds: clip length.
         seed: seed of the unknown subsampling and the silence clips (and of the order of
             device-resident training batches).
         download: fetch and extract the data set into `root` (and, while fitting, the official
-            test set into `test_root`) when that folder is missing; None (the default) fetches
-            only into the default `root`, so a mistyped root is "does not exist", and testing
-            never fetches a given `test_root`. A valid folder is used as it is.
-        url: where speech_commands_v0.02.tar.gz is fetched from (a mirror works: the file is
-            checked against the published sha256).
+            test set into `test_root`) when missing; None (default): only into the default
+            `root`, so a mistyped root is "does not exist". A valid folder is used as it is.
+        url: where speech_commands_v0.02.tar.gz comes from (a mirror works: sha256 checks it).
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
         split_lists: a folder holding validation_list.txt and testing_list.txt to split the
             clips by instead of root's (benchmarks/accuracy.py --folds writes such folders).
-        silence_rms: (low, high): the training split's silence clips get an RMS drawn
-            log-uniformly from [low, high] (real rooms reach 0.3) instead of a volume in
-            [0, 1] of the noise; validation and testing keep the latter.
+        silence_rms: (low, high): training silence clips get an RMS drawn log-uniformly from
+            [low, high] (real rooms reach 0.3), not a volume in [0, 1] as validation and testing.
         sample_rate, batch_size, num_workers, cache, cache_dir, resident, check: as
             `ClipDataModule`'s.
     """
@@ -301,13 +276,9 @@ class SpeechCommandsDataModule(ClipDataModule):
             batch_size=batch_size, num_workers=num_workers, seed=seed, cache=cache,
             cache_dir=cache_dir, resident=resident, check=check,
         )  # fmt: skip
-        self.task = task
-        self.name = f"speech_commands-{task}"
-        self.test_root = test_root
-        self.download = download
-        self.url = url
-        self.test_url = test_url
-        self.split_lists = split_lists
+        self.task, self.name = task, f"speech_commands-{task}"
+        self.test_root, self.split_lists = test_root, split_lists
+        self.download, self.url, self.test_url = download, url, test_url
         self.silence_rms = None if silence_rms is None else tuple(silence_rms)
         self._index: dict[str, list[tuple[str, str]]] | None = None
         self._noise: list[np.ndarray] | None = None
@@ -374,12 +345,7 @@ class SpeechCommandsDataModule(ClipDataModule):
         if not fitting and self.test_root is not None:
             return  # testing on a given folder: nothing to fetch, a typo is "does not exist"
         fetch_root = not self.root.is_dir() and may_download(self.root, self.download, DEFAULT_ROOT)
-        fetch_test = (
-            fitting
-            and self.test_root is not None
-            and not Path(self.test_root).is_dir()
-            and self.download is True
-        )
-        if fetch_root or fetch_test:
-            test_root = self.test_root if fetch_test else None
+        missing_test = self.test_root is not None and not Path(self.test_root).is_dir()
+        test_root = self.test_root if missing_test and self.download is True else None
+        if fetch_root or test_root is not None:
             ensure_speech_commands(self.root, self.url, test_root, self.test_url)

@@ -1,20 +1,12 @@
 """Waveform store: every clip decoded once into a memory-mapped int16 cache next to the data.
 
-A cache entry is a folder `<name>-<fingerprint[:16]>/` holding
-
-- `waveforms.i16`: the clips as a raw (N, S) int16 array, read back with `np.memmap`;
-- `index.json`: shape, paths, labels, valid lengths, the files left out (path and reason), the
-  sample rate, the clip length and the full fingerprint.
-
-The fingerprint hashes everything the decoded clips depend on: each source file's path, label,
-size and modification time, the already decoded extra clips (e.g. silence cut from background
-noise), the sample rate, the clip length and the store's format version. A changed, added or
-removed file gives a new fingerprint, so a stale cache is never reused: it is rebuilt, and the
-old entry of the same name is deleted.
-
-An entry is built in a temporary folder and renamed into place in one step, so a caching run
-that is interrupted leaves no half-written entry behind (a temporary folder left by a killed
-process is removed by the next build).
+An entry is a folder `<name>-<fingerprint[:16]>/`: `waveforms.i16`, the (N, S) int16 clips read
+back with `np.memmap`, and `index.json` (shape, paths, labels, valid lengths, the files left out,
+sample rate, clip length, fingerprint). The fingerprint hashes each file's path, label, size and
+modification time, the extra clips (e.g. silence), the sample rate, the clip length and the
+format version: a changed, added or removed file gives a new entry, and the old entry of the
+name is deleted. An entry is built in a temporary folder renamed into place in one step, so an
+interrupted run leaves no half-written entry (the next build removes a killed run's folder).
 """
 
 from __future__ import annotations
@@ -23,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -39,6 +32,7 @@ from speechcnn.data.clips import ClipSet, decode_clips, iter_decoded, to_int16
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+_TMP_PREFIX = ".tmp-"
 
 
 def cache_home() -> Path:
@@ -48,9 +42,6 @@ def cache_home() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "speechcnn"
-
-
-_TMP_PREFIX = ".tmp-"
 
 
 def default_cache_dir(root: str | Path) -> Path:
@@ -71,8 +62,8 @@ def fingerprint(
 ) -> str:
     """Hash of everything the decoded clips depend on (see the module docstring).
 
-    Files are identified by path, size and modification time (reading every file's bytes
-    would cost as much as decoding it); a file that cannot be stat-ed hashes as missing.
+    Files count by path, size and modification time (hashing their bytes would cost as much as
+    decoding them); a file that cannot be stat-ed hashes as missing.
     """
     h = hashlib.sha256()
     h.update(f"v{FORMAT_VERSION} sr={sample_rate} n={num_samples}\n".encode())
@@ -101,16 +92,14 @@ def _read_entry(folder: Path, expected: str) -> ClipSet | None:
         return None
     if index.get("fingerprint") != expected or index.get("version") != FORMAT_VERSION:
         return None
-    rows, width = index["shape"]
+    shape = rows, width = tuple(index["shape"])
     data = folder / "waveforms.i16"
     if data.stat().st_size != rows * width * 2:
         log.warning("ignoring cache %s: waveforms.i16 has the wrong size", folder)
         return None
     # mode="c" (copy on write): the tensor is writable as torch expects, the file never is.
     array = (
-        np.memmap(data, dtype=np.int16, mode="c", shape=(rows, width))
-        if rows * width > 0
-        else np.zeros((rows, width), dtype=np.int16)
+        np.memmap(data, np.int16, "c", shape=shape) if rows * width else np.zeros(shape, np.int16)
     )
     return ClipSet(
         waveforms=torch.from_numpy(array),
@@ -129,47 +118,33 @@ def _write_entry(
     extra: Sequence[tuple[np.ndarray, int, str]],
     key: str,
 ) -> None:
-    """Decode into `folder` (a fresh temporary folder): rows are streamed to disk one clip at
-    a time, so caching a split never holds it in memory as float."""
-    labels: list[int] = []
-    paths: list[str] = []
-    lengths: list[int] = []
-    skipped: list[str] = []
-    if num_samples is None:
-        # Variable-length clips are padded to the longest, known only after decoding all.
+    """Decode into `folder` (a fresh temporary folder). Clips of a fixed length are streamed to
+    disk one at a time, so caching a split never holds it in memory as float."""
+    data = folder / "waveforms.i16"
+    if num_samples is None:  # padded to the longest clip, known only after decoding them all
         clips = decode_clips(items, sample_rate, None, extra=extra)
-        clips.waveforms.numpy().tofile(folder / "waveforms.i16")
-        rows, width = clips.waveforms.shape
-        labels, paths = clips.labels.tolist(), clips.paths
-        lengths, skipped = clips.lengths.tolist(), clips.skipped
+        clips.waveforms.numpy().tofile(data)
+        width, paths, skipped = clips.waveforms.shape[1], clips.paths, clips.skipped
+        labels, lengths = clips.labels.tolist(), clips.lengths.tolist()
     else:
-        width = num_samples
-        done = 0
+        width, labels, lengths, paths, skipped = num_samples, [], [], [], []
         last_report = time.monotonic()
-        with open(folder / "waveforms.i16", "wb") as out:
+        with open(data, "wb") as out:
             for samples, label, path in chain(iter_decoded(items, sample_rate, skipped), extra):
                 out.write(to_int16(fit_length(samples, width)).tobytes())
                 lengths.append(min(len(samples), width))
                 labels.append(label)
                 paths.append(path)
-                done += 1
                 if time.monotonic() - last_report > 10:
-                    log.info("caching: %d / %d clips decoded", done, len(items) + len(extra))
+                    log.info("caching: %d / %d clips decoded", len(labels), len(items) + len(extra))
                     last_report = time.monotonic()
             out.flush()
             os.fsync(out.fileno())
-        rows = len(labels)
     index = {
-        "version": FORMAT_VERSION,
-        "fingerprint": key,
-        "shape": [rows, width],
-        "sample_rate": sample_rate,
-        "num_samples": num_samples,
-        "labels": labels,
-        "lengths": lengths,
-        "paths": paths,
-        "skipped": skipped,
-    }
+        "version": FORMAT_VERSION, "fingerprint": key, "shape": [len(labels), width],
+        "sample_rate": sample_rate, "num_samples": num_samples, "labels": labels,
+        "lengths": lengths, "paths": paths, "skipped": skipped,
+    }  # fmt: skip
     (folder / "index.json").write_text(json.dumps(index))
 
 
@@ -177,28 +152,24 @@ def _remove_stale(cache_dir: Path, name: str, keep: Path) -> None:
     """Delete older entries of `name` and temporary folders that killed runs left behind."""
     for other in cache_dir.glob(f"{name}-*"):
         # Only `<name>-<16 hex>`: a longer name that starts with this one is another entry.
-        suffix = other.name[len(name) + 1 :]
-        is_entry = len(suffix) == 16 and all(c in "0123456789abcdef" for c in suffix)
-        if is_entry and other != keep and other.is_dir():
-            log.info("removing stale cache %s", other)
-            shutil.rmtree(other, ignore_errors=True)
+        if re.fullmatch("[0-9a-f]{16}", other.name[len(name) + 1 :]) and other != keep:
+            if other.is_dir():
+                log.info("removing stale cache %s", other)
+                shutil.rmtree(other, ignore_errors=True)
     for tmp in cache_dir.glob(f"{_TMP_PREFIX}{name}-*"):
         pid = tmp.name.rsplit("-", 2)[-2] if tmp.name.count("-") >= 2 else ""
-        if pid.isdigit() and _alive(int(pid)):
-            continue  # another process is building this entry right now
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not (pid.isdigit() and _alive(int(pid))):  # else another process is building it
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # another user's process
         return True
-    return True
+    return pid != os.getpid()
 
 
 def cached_clips(
@@ -212,12 +183,9 @@ def cached_clips(
     """`decode_clips` through the waveform store: decoded once, memory-mapped afterwards.
 
     Args:
-        items: audio files and their labels.
-        sample_rate: target sample rate; other rates are resampled.
-        num_samples: pad/trim every clip to this length (None: pad to the longest clip).
+        items, sample_rate, num_samples, extra: as `decode_clips`'s.
         cache_dir: folder of the cache entries (created if missing).
         name: entry name, e.g. "speech_commands-12-train"; one live entry per name.
-        extra: already decoded (float samples, label, name) clips to append, e.g. silence.
 
     Returns:
         The clips, their waveforms an int16 tensor backed by the memory-mapped cache file.
@@ -235,7 +203,6 @@ def cached_clips(
         for reason in clips.skipped:
             log.warning("skipped when cached: %s", reason)
         return clips
-
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("%s: decoding %d files once into cache %s", name, len(items), folder)
     start = time.perf_counter()
@@ -254,11 +221,8 @@ def cached_clips(
     clips = _read_entry(folder, key)
     if clips is None:
         raise RuntimeError(f"cache entry {folder} was written but cannot be read back")
+    seconds = time.perf_counter() - start
     log.info(
-        "%s: cached %d clips (%d skipped) in %.1f s",
-        name,
-        len(clips),
-        len(clips.skipped),
-        time.perf_counter() - start,
+        "%s: cached %d clips (%d skipped) in %.1f s", name, len(clips), len(clips.skipped), seconds
     )
     return clips
