@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -35,10 +36,16 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from speechcnn.recipe import stacked_config
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from speechcnn.model import SpeechClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "speech_commands.yaml"
@@ -176,9 +183,61 @@ def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace)
 
 def macs_of(checkpoint: str) -> int:
     from speechcnn.classify import load_classifier
-    from speechcnn.model import multiply_accumulates
 
     return multiply_accumulates(load_classifier(checkpoint).model, seconds=1.0)
+
+
+def multiply_accumulates(model: SpeechClassifier, seconds: float = 1.0) -> int:
+    """Multiply-accumulates to classify `seconds` of audio, counted layer by layer.
+
+    Counts the features (the FFT as 2 N log2 N real MACs per frame of N samples, the mel
+    filterbank and any DCT), the convolutions, the LSTM's gate products, the attention score
+    and the classifier. Batch norm, activations and pooling are left out: they are elementwise
+    (batch norm folds into the convolution at inference).
+    """
+    import torch
+    from torch import nn
+
+    feats = model.features
+    num_samples = round(seconds * feats.sample_rate)
+    n_frames = feats.num_frames(num_samples)
+    if n_frames <= 0:
+        raise ValueError(f"{seconds} s is shorter than one analysis window")
+    n_fft = feats.n_fft
+    macs = n_frames * (2 * n_fft * math.ceil(math.log2(n_fft)))  # FFT
+    macs += n_frames * feats.mel_fbanks.numel()  # (N/2+1, n_mels) projection
+    if feats.dct is not None:
+        macs += n_frames * feats.dct.numel()
+
+    counts: list[int] = []
+
+    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+        else:
+            per_output = module.in_features
+        counts.append(output[0].numel() * per_output)  # first item of the batch
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, num_samples))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    # The classifier runs on the pooled vector once per clip; the hook saw exactly that.
+    macs += sum(counts)
+    lstm = model.head.lstm
+    dirs = 2 if lstm.bidirectional else 1
+    size = lstm.input_size
+    for _ in range(lstm.num_layers):
+        macs += n_frames * dirs * 4 * lstm.hidden_size * (size + lstm.hidden_size)
+        size = lstm.hidden_size * dirs
+    return int(macs)
 
 
 def silence_recall(checkpoint: str, folder: Path) -> float:

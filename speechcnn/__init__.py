@@ -2,12 +2,7 @@
 
 from speechcnn.features import LogMelFeatures
 from speechcnn.frontend import FrequencyCNN
-from speechcnn.model import (
-    ClassifierConfig,
-    LSTMHead,
-    SpeechClassifier,
-    build_classifier,
-)
+from speechcnn.model import ClassifierConfig, LSTMHead, SpeechClassifier, build_classifier
 
 __all__ = [
     "ClassifierConfig",

@@ -3,10 +3,9 @@
 Every random change a training clip gets, in the order it gets them: speed, time shift, level
 and background noise of the waveform (`waveforms`); mixup of the batch (`mixup`); then, while
 the model's own features are computed (`features`), frequency warping of the power spectrum,
-a random equalisation of the mel energies and SpecAugment masks of the log-mel. The model's
-`LogMelFeatures` computes the same thing in training and evaluation; only this module adds
-randomness, on the batch's device. Background noise comes from the data module (its
-`noise()` recordings), handed over when training starts (`set_noise`).
+a random equalisation of the mel energies and SpecAugment masks of the log-mel, on the batch's
+device (the model's `LogMelFeatures` is the same in training and evaluation). Background noise
+is the data module's `noise()` recordings, handed over when training starts (`set_noise`).
 """
 
 from __future__ import annotations
@@ -26,23 +25,15 @@ class AugmentConfig:
     the Speech Commands recipe's.
 
     Args:
-        speed: each clip is played at a rate drawn from [1 - speed, 1 + speed], which scales
-            its duration by 1/rate and its pitch and formants by rate, as sox's `speed` does.
+        speed: play each clip at a rate from [1 - speed, 1 + speed], as sox's `speed` does.
         time_shift_ms: each clip is shifted by up to this many milliseconds either way.
-        gain_db: each clip's level changes by a gain drawn from [-gain_db, gain_db] dB, before
-            noise: a log-mel shifts by a constant with the level, which the model should not
-            depend on.
+        gain_db: each clip's level changes by a gain from [-gain_db, gain_db] dB, before noise.
         noise_prob: probability that a clip gets background noise mixed in.
         noise_volume: the noise gain is drawn from [0, noise_volume] (without noise_snr_db).
-        noise_snr_db: (low, high): the noise is scaled instead to a signal-to-noise ratio drawn
-            from [low, high] dB, relative to the clip's own RMS over its valid samples.
-        mixup_alpha: each batch is mixed with a shuffled copy of itself, weight drawn from
-            Beta(alpha, alpha), and the loss mixed alike.
-        freq_warp: each clip's spectrum is stretched along frequency by a factor drawn from
-            [1 - freq_warp, 1 + freq_warp] before the mel filterbank (vocal tract length
-            perturbation: the formants of a longer or shorter vocal tract).
-        spectral_eq_db: each clip's mel energies are coloured by a random smooth curve over
-            frequency, at most +-spectral_eq_db dB, as a microphone or room would colour them.
+        noise_snr_db: (low, high): scale the noise instead to an SNR from [low, high] dB.
+        mixup_alpha: mix each batch with a shuffled copy of itself, weight from Beta(alpha, alpha).
+        freq_warp: stretch each clip's spectrum by a factor from [1 - freq_warp, 1 + freq_warp].
+        spectral_eq_db: colour each clip's mel energies by a smooth curve of at most +-this dB.
         freq_masks: SpecAugment frequency masks per clip.
         freq_mask_width: the largest frequency mask, in mel bins.
         time_masks: SpecAugment time masks per clip.
@@ -94,10 +85,9 @@ class Augmentation(nn.Module):
                      "freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):  # fmt: skip
             if getattr(c, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(c, name)}")
-        if c.noise_snr_db is not None and (
-            len(c.noise_snr_db) != 2 or c.noise_snr_db[0] > c.noise_snr_db[1]
-        ):
-            raise ValueError(f"noise_snr_db must be (low, high) dB, got {c.noise_snr_db}")
+        snr = c.noise_snr_db
+        if snr is not None and (len(snr) != 2 or snr[0] > snr[1]):
+            raise ValueError(f"noise_snr_db must be (low, high) dB, got {snr}")
         self.config = c
         self.speed, self.gain_db = c.speed, c.gain_db
         self.noise_prob, self.noise_volume = c.noise_prob, c.noise_volume
@@ -111,21 +101,31 @@ class Augmentation(nn.Module):
         self.noise = noise.float().flatten().to(self.noise.device)
 
     def waveforms(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """Speed, time shift, level and background noise of a training batch, in that order.
-
-        Args:
-            waveforms: (B, S) float waveforms.
-            lengths: (B,) valid samples per clip; samples past a clip's length stay zero.
-
-        Returns:
-            (B, S) augmented waveforms.
-        """
+        """Speed, time shift, level and background noise of a training batch, in that order:
+        (B, S) float waveforms, (B,) valid samples per clip -> (B, S) waveforms, zero past each
+        clip's length."""
         batch, n = waveforms.shape
         device = waveforms.device
         positions = torch.arange(n, device=device)  # (S,)
         valid = positions < lengths[:, None]  # (B, S)
         if self.speed > 0:
-            waveforms = self._change_speed(waveforms, lengths)
+            # Each clip resampled about its centre by linear interpolation, so a word in the
+            # middle stays there: a faster clip ends early (zeros after), a slower one is cut at
+            # the edges. No anti-aliasing filter: at rate 1.1, content above 7.3 kHz folds back,
+            # where speech has little energy.
+            rate = 1.0 + self.speed * (2.0 * torch.rand(batch, 1, device=device) - 1.0)  # (B, 1)
+            centre = (lengths[:, None].to(waveforms.dtype) - 1.0) / 2.0  # (B, 1)
+            # (B, S): where output sample s reads
+            source = centre + (positions.to(waveforms.dtype) - centre) * rate
+            left = source.floor()
+            frac = source - left
+            left = left.long()
+            inside = (left >= 0) & (left < lengths[:, None])  # reads within the clip
+            left = left.clamp(0, n - 1)
+            # Past the clip's last sample the right neighbour is padding (zero): a faded edge.
+            x0 = torch.gather(waveforms, 1, left)
+            x1 = torch.gather(waveforms, 1, (left + 1).clamp(max=n - 1))
+            waveforms = (x0 + frac * (x1 - x0)) * inside
         if self.shift_samples > 0:
             shift = torch.randint(
                 -self.shift_samples, self.shift_samples + 1, (batch, 1), device=device
@@ -134,6 +134,7 @@ class Augmentation(nn.Module):
             inside = (source >= 0) & (source < lengths[:, None])
             waveforms = torch.gather(waveforms, 1, source.clamp(0, n - 1)) * inside
         if self.gain_db > 0:
+            # A log-mel shifts by a constant with the level, which the model should not depend on.
             db = self.gain_db * (2.0 * torch.rand(batch, 1, device=device) - 1.0)  # (B, 1)
             waveforms = (waveforms * 10.0 ** (db / 20.0)).clamp(-1.0, 1.0)
         if self.noise.numel() > n and self.noise_prob > 0:
@@ -150,38 +151,11 @@ class Augmentation(nn.Module):
             waveforms = (waveforms + gain * noise).clamp(-1.0, 1.0)
         return waveforms * valid
 
-    def _change_speed(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """Resample each clip about its centre by linear interpolation, at a random rate.
-
-        The centre stays put, so a word in the middle of its clip stays there; a faster clip
-        ends early (zeros after), a slower one is cut at the clip's edges. No anti-aliasing
-        filter: at rate 1.1, content above 7.3 kHz folds back, where speech has little energy.
-        """
-        batch, n = waveforms.shape
-        device = waveforms.device
-        rate = 1.0 + self.speed * (2.0 * torch.rand(batch, 1, device=device) - 1.0)  # (B, 1)
-        centre = (lengths[:, None].to(waveforms.dtype) - 1.0) / 2.0  # (B, 1)
-        positions = torch.arange(n, device=device, dtype=waveforms.dtype)  # (S,)
-        source = centre + (positions - centre) * rate  # (B, S): where output sample s reads
-        left = source.floor()
-        frac = source - left
-        left = left.long()
-        inside = (left >= 0) & (left < lengths[:, None])  # reads within the clip
-        left = left.clamp(0, n - 1)
-        right = (left + 1).clamp(max=n - 1)
-        # Past the clip's last sample the right neighbour is padding (zero): a faded edge.
-        x0 = torch.gather(waveforms, 1, left)
-        x1 = torch.gather(waveforms, 1, right)
-        return (x0 + frac * (x1 - x0)) * inside
-
     def mixup(
         self, waveforms: Tensor, lengths: Tensor, labels: Tensor
     ) -> tuple[Tensor, Tensor, list[tuple[Tensor, float]]]:
-        """Mix the batch with a shuffled copy of itself (`mixup_alpha` > 0).
-
-        Returns:
-            (B, S) waveforms, (B,) lengths, and the (labels, weight) pairs the loss mixes.
-        """
+        """Mix the batch with a shuffled copy of itself (`mixup_alpha` > 0) -> (B, S) waveforms,
+        (B,) lengths and the (labels, weight) pairs the loss mixes."""
         alpha = self.config.mixup_alpha
         if alpha <= 0:
             return waveforms, lengths, [(labels, 1.0)]
@@ -193,16 +167,8 @@ class Augmentation(nn.Module):
         return waveforms, lengths, [(labels, lam), (labels[perm], 1.0 - lam)]
 
     def features(self, features: LogMelFeatures, waveforms: Tensor) -> Tensor:
-        """The model's features of a training batch, with the spectral changes.
-
-        Args:
-            features: the model's feature extractor.
-            waveforms: (B, S) float waveforms.
-
-        Returns:
-            (B, F, T) log-mel (or MFCC) features: `features(waveforms)` with frequency
-            warping, random equalisation and SpecAugment.
-        """
+        """(B, S) float waveforms -> (B, F, T) `features(waveforms)` of the model's feature
+        extractor, with frequency warping, random equalisation and SpecAugment."""
         c = self.config
         # The STFT and the mel product run in float32 (see LogMelFeatures.mel_energies).
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
@@ -233,12 +199,7 @@ class Augmentation(nn.Module):
         Bin k of the output takes the (linearly interpolated) power at bin k * alpha of the
         input, alpha drawn per clip from [1 - freq_warp, 1 + freq_warp]: alpha > 1 moves
         formants down, as a longer vocal tract would. Bins past Nyquist repeat the last bin.
-
-        Args:
-            power: (B, N, T) power spectrogram, N = n_fft / 2 + 1.
-
-        Returns:
-            (B, N, T) warped power spectrogram.
+        (B, N, T) power spectrogram, N = n_fft / 2 + 1 -> (B, N, T).
         """
         batch, n_bins, n_frames = power.shape
         alpha = 1 + self.config.freq_warp * (2 * torch.rand(batch, 1, device=power.device) - 1)

@@ -1,11 +1,8 @@
 """The one way speechcnn reads a checkpoint: tensors and plain values only, never code.
 
-A `.ckpt` is a pickle, and a pickle can name any function to call while it is read. Every
-checkpoint speechcnn reads (the library, the CLI's `--ckpt_path`, the recipes' resume, the
-benchmarks, the tests) goes through `load_checkpoint`, which reads it with
-`torch.load(weights_only=True)`: files and http(s) addresses alike. `SafeCheckpointIO` puts the
-same loader under Lightning's Trainer, so `fit/validate/test/predict --ckpt_path` use it too,
-and it writes checkpoints atomically, so an interrupted save never leaves half a file.
+A `.ckpt` is a pickle, which can name any function to call while it is read: every checkpoint
+speechcnn reads goes through `load_checkpoint`, `torch.load(weights_only=True)`, and so does
+Lightning's Trainer, through `SafeCheckpointIO`, which also writes checkpoints atomically.
 """
 
 from __future__ import annotations
@@ -34,8 +31,9 @@ class CheckpointFileError(ValueError):
     """A checkpoint that is missing, unreadable, or holds more than tensors and plain values."""
 
 
-def _is_url(path: str | Path) -> bool:
-    return str(path).lower().startswith(URL_SCHEMES)
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def _why_unreadable(error: BaseException) -> str:
@@ -43,56 +41,42 @@ def _why_unreadable(error: BaseException) -> str:
     text = str(error)
     unsupported = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
     if unsupported:
-        return (
-            f"it asks to run {unsupported[1]} while loading; speechcnn loads only tensors and "
-            "plain values"
-        )
+        return f"it asks to run {unsupported[1]} while loading, which speechcnn never does"
     if isinstance(error, pickle.UnpicklingError) or "weights_only" in text.lower():
         return "it holds objects other than tensors and plain values, which speechcnn never loads"
     # A cut-short zip archive fails in the reader, at any of several places.
     if isinstance(error, EOFError | zipfile.BadZipFile | OSError) or "PytorchStreamReader" in text:
         return "truncated or corrupt: an interrupted copy or save?"
-    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return f"{type(error).__name__}: {first_line[:200]}"
-
-
-def _read_url(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "speechcnn"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError) as error:
-        raise CheckpointFileError(f"cannot download checkpoint {url}: {error}") from error
+    return _first_line(error)
 
 
 def load_checkpoint(
     path: str | Path, map_location: Any = "cpu", timeout: float = 60.0
 ) -> dict[str, Any]:
-    """The checkpoint dict at `path` (a file or an http(s) address), read with weights_only=True.
-
-    Raises:
-        CheckpointFileError: the file is missing, empty, truncated, not a checkpoint, or holds
-            objects other than tensors and plain values (the message says which, in one line).
-    """
-    if _is_url(path):
-        source: Any = io.BytesIO(_read_url(str(path), timeout))
-        if source.getbuffer().nbytes == 0:
-            raise CheckpointFileError(f"checkpoint {path} is empty (0 bytes)")
+    """The checkpoint dict at `path` (a file or an http(s) address), read with weights_only=True;
+    `CheckpointFileError` (one line) if it is missing, empty, truncated, not a checkpoint, or
+    holds objects other than tensors and plain values."""
+    if str(path).lower().startswith(URL_SCHEMES):
+        request = urllib.request.Request(str(path), headers={"User-Agent": "speechcnn"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                source: Any = io.BytesIO(response.read())
+        except (urllib.error.URLError, OSError) as error:
+            raise CheckpointFileError(f"cannot download checkpoint {path}: {error}") from error
+        size = source.getbuffer().nbytes
     else:
         source = Path(path)
         if not source.is_file():
             what = "is a folder, not a file" if source.is_dir() else "does not exist"
             raise CheckpointFileError(f"checkpoint {path} {what}")
-        if source.stat().st_size == 0:
-            raise CheckpointFileError(
-                f"checkpoint {path} is empty (0 bytes): an interrupted save or copy"
-            )
+        size = source.stat().st_size
+    if size == 0:
+        raise CheckpointFileError(f"checkpoint {path} is empty (0 bytes): a cut-short save or copy")
     try:
         checkpoint = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 (torch.load raises many kinds)
-        raise CheckpointFileError(
-            f"{path}: not a speechcnn checkpoint ({_why_unreadable(error)})"
-        ) from error
+        why = _why_unreadable(error)
+        raise CheckpointFileError(f"{path}: not a speechcnn checkpoint ({why})") from error
     if not isinstance(checkpoint, dict):
         raise CheckpointFileError(
             f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict"
@@ -101,19 +85,14 @@ def load_checkpoint(
 
 
 def load_module(path: str | Path) -> SpeechClassifierModule:
-    """The `SpeechClassifierModule` of a training checkpoint, on the CPU.
-
-    Raises:
-        CheckpointFileError: `load_checkpoint`'s reasons, or the file holds no speechcnn model.
-    """
+    """The `SpeechClassifierModule` of a training checkpoint, on the CPU; `CheckpointFileError`
+    for `load_checkpoint`'s reasons, or if the file holds no speechcnn model."""
     from speechcnn.training import SpeechClassifierModule
 
     checkpoint = load_checkpoint(path)
+    not_ours = f"{path} is not a speechcnn training checkpoint (from `speechcnn fit` or a recipe)"
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise CheckpointFileError(
-            f"{path} is not a speechcnn training checkpoint (.ckpt from `speechcnn fit` or a "
-            "recipe): it has no state_dict and hyper_parameters"
-        )
+        raise CheckpointFileError(f"{not_ours}: it has no state_dict and hyper_parameters")
     # Lightning adds keys of its own (`_instantiator`); the constructor takes its arguments.
     accepted = inspect.signature(SpeechClassifierModule).parameters
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
@@ -121,12 +100,9 @@ def load_module(path: str | Path) -> SpeechClassifierModule:
         module = SpeechClassifierModule(**hparams)
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
+        module.calibration = checkpoint.get("calibration")  # spotting settings, if calibrated
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise CheckpointFileError(
-            f"{path} is not a speechcnn training checkpoint (.ckpt from `speechcnn fit` or a "
-            f"recipe): {type(error).__name__}: {first_line[:200]}"
-        ) from error
+        raise CheckpointFileError(f"{not_ours}: {_first_line(error)}") from error
     return module
 
 
@@ -134,10 +110,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with `load_checkpoint`'s safe reading and atomic writes."""
 
     def load_checkpoint(
-        self,
-        path: str | Path,
-        map_location: Any = None,
-        weights_only: bool | None = None,
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         # weights_only is ignored on purpose: no caller may ask for an unsafe load.
         return load_checkpoint(path, map_location=map_location)
@@ -145,7 +118,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        if _is_url(path) or "://" in str(path):
+        if "://" in str(path):  # a URL or a remote filesystem: Lightning's own writer
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)

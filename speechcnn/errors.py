@@ -1,17 +1,15 @@
 """User errors as one line on stderr and exit status 2, tracebacks only when asked.
 
-A wrong value (a ValueError raised by speechcnn: a bad setting, a missing data folder, an
-unusable checkpoint or run folder) or a failed download is the user's to fix, and the message
-says what to fix; a traceback around it only hides it. jsonargparse wraps an error raised while
-it builds the data module or the model in errors of its own (union subtypes, NoneType): the
-message shown is speechcnn's, found along the exception's causes. `--verbose` on the command
-line or SPEECHCNN_VERBOSE=1 in the environment shows the full traceback instead.
+A ValueError raised by speechcnn (a bad setting, data folder, checkpoint or run folder) or a
+failed download says what to fix, which a traceback only hides; it is found along the causes of
+jsonargparse's wrapping errors. `--verbose` or SPEECHCNN_VERBOSE=1 shows the full traceback.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,36 +23,22 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 T = TypeVar("T")
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from speechcnn.data.download import DownloadError
-
-    return (ValueError, DownloadError)
-
-
 def _raised_in_speechcnn(error: BaseException) -> bool:
-    tb = error.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    if last is None:
-        return False
-    return Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(error.__traceback__)]
+    return bool(files) and Path(files[-1]).resolve().is_relative_to(PACKAGE_DIR)
 
 
 def user_error(error: BaseException) -> BaseException | None:
-    """The error raised by speechcnn itself that `error` is or wraps, if it is a user error.
+    """The user error raised by speechcnn itself that `error` is or wraps, if any: the outermost
+    along `__cause__` (else `__context__`), which carries the most context; jsonargparse's own
+    errors around it, which name types rather than the wrong value, are passed over."""
+    from speechcnn.data.download import DownloadError
 
-    The outermost such error along `__cause__` (else `__context__`) wins: it carries the most
-    context (a run folder around a checkpoint's error), and jsonargparse's own errors around
-    it, which name types rather than the value that was wrong, are passed over.
-    """
     seen: set[int] = set()
     current: BaseException | None = error
-    types = _user_error_types()
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, types) and _raised_in_speechcnn(current):
+        if isinstance(current, ValueError | DownloadError) and _raised_in_speechcnn(current):
             return current
         current = current.__cause__ or current.__context__
     return None

@@ -58,12 +58,10 @@ class LogMelFeatures(nn.Module):
                 f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}"
             )
 
-        self.sample_rate = sample_rate
+        self.sample_rate, self.n_mels, self.log_floor = sample_rate, n_mels, log_floor
         self.n_fft = round(sample_rate * win_ms / 1000)
         self.hop_length = round(sample_rate * hop_ms / 1000)
-        self.n_mels = n_mels
-        self.log_floor = log_floor
-        self.out_features = n_mfcc if n_mfcc is not None else n_mels
+        self.out_features = n_mels if n_mfcc is None else n_mfcc
 
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         n_freqs = self.n_fft // 2 + 1
@@ -71,13 +69,7 @@ class LogMelFeatures(nn.Module):
             # torchaudio only warns about empty filters; the check below refuses them.
             warnings.filterwarnings("ignore", message=".*mel filterbank has all zero values.*")
             fb = torchaudio.functional.melscale_fbanks(
-                n_freqs=n_freqs,
-                f_min=f_min,
-                f_max=f_max,
-                n_mels=n_mels,
-                sample_rate=sample_rate,
-                norm="slaney",
-                mel_scale="slaney",
+                n_freqs, f_min, f_max, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
             )  # (n_fft/2+1, F)
         empty = int((fb.max(dim=0).values == 0).sum())
         if empty:
@@ -87,20 +79,14 @@ class LogMelFeatures(nn.Module):
                 "fewer n_mels or a longer win_ms"
             )
         self.register_buffer("mel_fbanks", fb, persistent=False)
-        if n_mfcc is not None:
-            dct = torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho")  # (F, n_mfcc)
-            self.register_buffer("dct", dct, persistent=False)
-        else:
-            self.dct = None
+        dct = None if n_mfcc is None else torchaudio.functional.create_dct(n_mfcc, n_mels, "ortho")
+        self.register_buffer("dct", dct, persistent=False)  # (F, n_mfcc)
 
     def num_frames(self, num_samples: Tensor | int) -> Tensor | int:
         """Number of frames T for clips of `num_samples` samples (0 if shorter than a window)."""
         if isinstance(num_samples, Tensor):
-            return (
-                torch.div(num_samples - self.n_fft, self.hop_length, rounding_mode="floor")
-                .add(1)
-                .clamp(min=0)
-            )
+            frames = torch.div(num_samples - self.n_fft, self.hop_length, rounding_mode="floor")
+            return frames.add(1).clamp(min=0)
         return max(0, (num_samples - self.n_fft) // self.hop_length + 1)
 
     def mel_energies(self, waveforms: Tensor) -> Tensor:
@@ -119,14 +105,10 @@ class LogMelFeatures(nn.Module):
                 f"clips must have at least n_fft={self.n_fft} samples, got {waveforms.shape[-1]}"
             )
         spec = torch.stft(
-            waveforms.float(),
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            window=self.window,
-            center=False,
+            waveforms.float(), self.n_fft, self.hop_length, window=self.window, center=False,
             return_complex=True,
-        )  # (B, n_fft/2+1, T)
-        return spec.real.square() + spec.imag.square()
+        )  # fmt: skip
+        return spec.real.square() + spec.imag.square()  # (B, n_fft/2+1, T)
 
     def mel(self, power: Tensor) -> Tensor:
         """The mel filterbank: (B, n_fft/2+1, T) power -> (B, F, T) mel energies."""
@@ -142,12 +124,6 @@ class LogMelFeatures(nn.Module):
         return torch.matmul(logmel.transpose(1, 2), self.dct).transpose(1, 2)
 
     def forward(self, waveforms: Tensor) -> Tensor:
-        """Features of a batch of waveforms.
-
-        Args:
-            waveforms: (B, S) float waveforms in [-1, 1].
-
-        Returns:
-            (B, F, T) log-mel energies (or MFCCs), T = 1 + (S - n_fft) // hop_length.
-        """
+        """(B, S) float waveforms in [-1, 1] -> (B, F, T) log-mel energies (or MFCCs),
+        T = 1 + (S - n_fft) // hop_length."""
         return self.from_mel_energies(self.mel_energies(waveforms))

@@ -14,30 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-# How `FrequencyCNN.forward` lays out its (k, 1) convolutions, per device type. All layouts
-# run the same modules with the same parameters and compute the same function (up to float
-# rounding); they differ only in the memory layout the convolution kernels see:
-#   "nchw":   (B, C, F, T), PyTorch's default layout.
-#   "nhwc":   (B, C, F, T) in channels_last memory (channels innermost) from the first
-#             convolution's output on, so batch norm, activation and pooling run on it too.
-#   "frames": every frame an image of its own, (B, C, F, T) -> (B*T, C, F, 1) in
-#             channels_last memory: a (k, 1) convolution is then a 1-D convolution over
-#             frequency with channels innermost, and batch norm statistics are unchanged
-#             (the same B*F*T values per channel).
-# benchmarks/layout_exactness.py shows they agree (float64: to 1e-13); in float32 rounding
-# can flip a max-pooling near-tie (on an H200 with TF32 off they agreed to 1.2e-6). Chosen by
+# How `FrequencyCNN.forward` lays out its (k, 1) convolutions, per device type: the same modules
+# and function, in the memory layout the kernels see. "nchw": (B, C, F, T), PyTorch's default;
+# "nhwc": channels_last memory from the first convolution's output on (batch norm, activation
+# and pooling too); "frames": every frame an image of its own, (B*T, C, F, 1) channels_last,
+# with unchanged batch-norm statistics. benchmarks/layout_exactness.py shows they agree (float64:
+# to 1e-13; in float32 rounding can flip a max-pooling near-tie). Chosen by
 # benchmarks/train_throughput.py --cnn-layouts: fwd+bwd of the default's CNN, batch 1024 bf16
 # on an H200, nchw 15.5 ms, nhwc 6.8 ms, frames 28.5 ms (docs/performance.md); batch 64 fp32 on a
 # 2-core CPU, nhwc 10-45% faster than nchw, frames slowest.
 CONV_LAYOUTS = ("nchw", "nhwc", "frames")
 CONV_LAYOUT: dict[str, str] = {"cpu": "nhwc", "cuda": "nhwc"}
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "elu": nn.ELU,
-}
+ACTIVATIONS: dict[str, type[nn.Module]] = dict(relu=nn.ReLU, gelu=nn.GELU, silu=nn.SiLU, elu=nn.ELU)
 
 
 @dataclass(frozen=True)
@@ -89,19 +78,14 @@ class FrequencyCNN(nn.Module):
             )
         if n == 0:
             raise ValueError("channels must name at least one layer")
-        for name, values in [
-            ("kernel_sizes", kernel_sizes),
-            ("strides", strides),
-            ("pools", pools),
-        ]:
+        settings = [("kernel_sizes", kernel_sizes), ("strides", strides), ("pools", pools)]
+        for name, values in settings + [("channels", channels)]:
             if len(values) != n:
                 raise ValueError(
                     f"{name} has {len(values)} entries, channels has {n}: {list(values)}"
                 )
             if any(v <= 0 for v in values):
                 raise ValueError(f"{name} must be positive, got {list(values)}")
-        if any(c <= 0 for c in channels):
-            raise ValueError(f"channels must be positive, got {list(channels)}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if not 0.0 <= dropout < 1.0:
@@ -113,43 +97,31 @@ class FrequencyCNN(nn.Module):
         self._out_freqs: list[int] = []
         for c_out, k, s, p in zip(channels, kernel_sizes, strides, pools, strict=True):
             # Frequency padding k // 2 keeps F for odd k and stride 1; time is never padded.
-            f = (f + 2 * (k // 2) - k) // s + 1
-            f = f // p
+            f = ((f + 2 * (k // 2) - k) // s + 1) // p
             if f <= 0:
                 raise ValueError(
                     f"layer {len(self._out_freqs)} leaves no frequency bins "
                     f"(in_freq={in_freq}, kernel_sizes={list(kernel_sizes)}, "
                     f"strides={list(strides)}, pools={list(pools)})"
                 )
-            block: list[nn.Module] = [
+            block = [
                 nn.Conv2d(
                     c_in, c_out, (k, 1), stride=(s, 1), padding=(k // 2, 0), bias=not batch_norm
-                )
+                ),
+                nn.BatchNorm2d(c_out) if batch_norm else None,
+                ACTIVATIONS[activation](),
+                nn.MaxPool2d((p, 1)) if p > 1 else None,
+                nn.Dropout(dropout) if dropout > 0 else None,
             ]
-            if batch_norm:
-                block.append(nn.BatchNorm2d(c_out))
-            block.append(ACTIVATIONS[activation]())
-            if p > 1:
-                block.append(nn.MaxPool2d((p, 1)))
-            if dropout > 0:
-                block.append(nn.Dropout(dropout))
-            layers.append(nn.Sequential(*block))
+            layers.append(nn.Sequential(*(m for m in block if m is not None)))
             self._out_freqs.append(f)
             c_in = c_out
         self.layers = nn.Sequential(*layers)
-        self.out_channels = c_in
-        self.out_freq = f
-        self.out_features = c_in * f
+        self.out_channels, self.out_freq, self.out_features = c_in, f, c_in * f
 
     def forward(self, x: Tensor) -> Tensor:
-        """Frame-wise embeddings.
-
-        Args:
-            x: (B, F, T) spectrogram or (B, C, F, T) feature maps.
-
-        Returns:
-            (B, T, D) with D = `out_features`; T is unchanged.
-        """
+        """(B, F, T) spectrogram or (B, C, F, T) feature maps -> (B, T, D) frame embeddings,
+        D = `out_features`."""
         if x.dim() == 3:
             x = x.unsqueeze(1)  # (B, F, T) -> (B, 1, F, T)
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] != self.in_freq:
@@ -163,14 +135,12 @@ class FrequencyCNN(nn.Module):
             # (B, C, F, T) -> (B, T, C, F) -> (B*T, C, F, 1): one image per frame
             x = x.permute(0, 3, 1, 2).reshape(batch * frames, channels, freq, 1)
             x = self.layers(x.contiguous(memory_format=torch.channels_last))  # (B*T, C', F', 1)
-            # (B*T, C', F', 1) -> (B, T, C'*F')
-            return x.reshape(batch, frames, self.out_features)
+            return x.reshape(batch, frames, self.out_features)  # (B*T, C', F', 1) -> (B, T, C'*F')
         if layout == "nhwc":
             for block in self.layers:
                 for module in block:
-                    # With one input channel both layouts look alike and the first convolution
-                    # answers in NCHW: its output is converted here; for every other module
-                    # the input is channels_last already and this is a no-op.
+                    # One input channel looks alike in both layouts, so the first convolution
+                    # answers in NCHW: converted here (a no-op for every later module's input).
                     x = module(x.contiguous(memory_format=torch.channels_last))
         elif layout == "nchw":
             x = self.layers(x)  # (B, C', F', T)
@@ -183,20 +153,12 @@ class FrequencyCNN(nn.Module):
         summaries = []
         c_in = self.in_channels
         for i, (block, f) in enumerate(zip(self.layers, self._out_freqs, strict=True)):
-            conv = block[0]
-            k = conv.kernel_size[0]
+            c_out, k = block[0].out_channels, block[0].kernel_size[0]
             params = sum(p.numel() for p in block.parameters())
             summaries.append(
-                LayerSummary(
-                    index=i,
-                    filters=conv.out_channels,
-                    filter_shape=(c_in, k, 1),
-                    weights_per_filter=c_in * k,
-                    output_shape=(conv.out_channels, f, num_frames),
-                    parameters=params,
-                )
+                LayerSummary(i, c_out, (c_in, k, 1), c_in * k, (c_out, f, num_frames), params)
             )
-            c_in = conv.out_channels
+            c_in = c_out
         return summaries
 
     def summary(self, num_frames: int = 1) -> str:
@@ -219,6 +181,3 @@ class FrequencyCNN(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-__all__ = ["FrequencyCNN", "LayerSummary", "count_parameters"]

@@ -2,10 +2,9 @@
 
 At 10-20 ms chunks a stream's cost is the number of operations, not the arithmetic: the
 model's own modules take about 0.62 ms per 20 ms chunk on one CPU thread (a real-time factor
-of 0.031 in benchmarks/inference.py), as PyTorch's convolution and LSTM kernels are built for
-batches, not for one frame. `FrameStep` computes the same function from copies of the model's
-weights in one TorchScript call; tests/test_streaming.py holds it equal to the modules, and
-`speechcnn.streaming.Streamer` uses it where it applies.
+of 0.031 in benchmarks/inference.py), as PyTorch's kernels are built for batches, not for one
+frame. `FrameStep` computes the same function from copies of the weights in one TorchScript
+call (tests/test_streaming.py); `speechcnn.streaming.Streamer` uses it where it applies.
 """
 
 # No `from __future__ import annotations`: TorchScript needs the class-level attribute
@@ -20,39 +19,9 @@ from speechcnn.features import LogMelFeatures
 from speechcnn.frontend import ACTIVATIONS
 from speechcnn.model import SpeechClassifier, pool_frame
 
-
-def prefix_pool(
-    scores: Tensor, values: Tensor, log_total: Tensor, pooled: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """`pool_frame` over a whole chunk at once: the mean after each of its frames.
-
-    Sums are taken relative to the largest score so far, so exp never overflows; a weight
-    underflows only for a score about 87 below it, which `FrameStep` rules out.
-
-    Args:
-        scores: (T,) the chunk's scores; values: (T, V) its values.
-        log_total, pooled: (1,) and (V,), the state before the chunk (see `pool_frame`).
-
-    Returns:
-        (T, V) the means after each frame, and the (V,) mean and (1,) L after the last.
-    """
-    top = torch.maximum(log_total, scores.max())  # (1,) the largest score so far
-    carried = torch.exp(log_total - top)  # (1,) the weight of the frames before the chunk
-    weights = torch.exp(scores - top)  # (T,)
-    totals = torch.cumsum(weights, 0) + carried  # (T,)
-    sums = torch.cumsum(weights[:, None] * values, 0) + carried * pooled  # (T, V)
-    means = sums / totals[:, None]
-    return means, means[-1], top + torch.log(totals[-1:])
-
-
 # Largest (F, F' * C') matrix (in elements) for which FrameBatchPath runs the input norm and the
 # first convolution as one matrix product: 40 mel bins into 32 channels take 51,200.
 MAX_DENSE_FIRST_LAYER = 131072
-
-# Largest possible range of attention scores (max - min) for which FrameStep pools a whole chunk
-# at once: exp(-80) is far above float32's smallest normal number (about exp(-87)), so no
-# frame's weight underflows. Wider ranges pool frame by frame, where nothing can underflow.
-MAX_CHUNK_SCORE_RANGE = 80.0
 
 
 class FrameBatchPath(nn.Module):
@@ -62,14 +31,8 @@ class FrameBatchPath(nn.Module):
     STFT is an rfft of windowed frames, batch norms are folded into affine maps, and each
     (k, 1) convolution is one matrix product over all frames' frequency windows (im2col in a
     (T, F, C) layout), since for a few frames PyTorch picks a much slower unblocked kernel.
-    The weights are CPU copies taken when it is built.
-
-    Args:
-        model: the classifier (eval mode); its front end must be the `FrequencyCNN` layout
-            (conv, optional batch norm, activation, optional max pool, optional dropout).
-
-    Raises:
-        ValueError: the front end holds a module this path does not know.
+    The weights are CPU copies of `model`'s; ValueError if its front end holds a module other
+    than `FrequencyCNN`'s (conv, batch norm, activation, max pool, dropout).
     """
 
     conv_weight: list[Tensor]  # (C_in * k, C_out) each once built
@@ -97,9 +60,8 @@ class FrameBatchPath(nn.Module):
         scale, shift = _affine(model.input_norm, features.out_features)
         self.register_buffer("norm_scale", scale.cpu())  # (F,)
         self.register_buffer("norm_shift", shift.cpu())  # (F,)
-        self.conv_weight, self.conv_bias, self.conv_kernel = [], [], []
-        self.conv_stride, self.conv_padding = [], []
-        self.pool_size, self.pool_stride, self.program = [], [], []
+        self.conv_weight, self.conv_bias, self.conv_kernel, self.conv_stride = [], [], [], []
+        self.conv_padding, self.pool_size, self.pool_stride, self.program = [], [], [], []
         self.act: nn.Module = nn.Identity()
         for i, block in enumerate(model.frontend.layers):
             for module in block:
@@ -124,6 +86,7 @@ class FrameBatchPath(nn.Module):
             self.first_bias = offset.flatten()  # (1, F', C') -> (F' * C',)
 
     def _add(self, name: str, module: nn.Module) -> None:
+        after_conv = self.program[-1:] == [("conv", len(self.conv_weight) - 1)]
         if isinstance(module, nn.Conv2d) and module.kernel_size[1] == 1:
             weight = module.weight.detach().cpu()[..., 0]  # (C_out, C_in, k, 1) -> (C_out, C_in, k)
             bias = torch.zeros(len(weight)) if module.bias is None else module.bias.detach().cpu()
@@ -133,9 +96,7 @@ class FrameBatchPath(nn.Module):
             self.conv_kernel.append(module.kernel_size[0])
             self.conv_stride.append(module.stride[0])
             self.conv_padding.append(module.padding[0])
-        elif isinstance(module, nn.BatchNorm2d) and self.program[-1:] == [
-            ("conv", len(self.conv_weight) - 1)
-        ]:
+        elif isinstance(module, nn.BatchNorm2d) and after_conv:
             # Folded into the convolution before it (exact in eval mode).
             scale, shift = _affine(module, module.num_features)
             self.conv_weight[-1] = self.conv_weight[-1] * scale.cpu()[:, None, None]
@@ -214,11 +175,9 @@ class FrameBatchPath(nn.Module):
 
 def compiled(module: nn.Module, *example: Tensor) -> nn.Module:
     """`module` compiled by TorchScript and frozen, else compiled only, else `module` itself:
-    the first form that runs on `example` (all compute the same).
-
-    Freezing makes the settings and weights constants, so the branches on them are resolved
-    once (3-9% faster at one frame per call); a frozen module cannot run everywhere (not under
-    `torch.jit.optimized_execution(False)`, for one), hence the trial run.
+    the first form that runs on `example` (all compute the same). Freezing resolves the branches
+    on settings and weights once (3-9% faster at one frame per call), but a frozen module cannot
+    run everywhere (not under `torch.jit.optimized_execution(False)`, for one).
     """
     forms: list[nn.Module] = []
     with warnings.catch_warnings():
@@ -256,14 +215,13 @@ class FrameStep(nn.Module):
     """`SpeechClassifier.infer` for one stream, fused: samples -> features, posteriors, state.
 
     `FrameBatchPath`, then the LSTM, the pooling's streaming form and the classifier, in one
-    TorchScript call (`compiled`). Chunks of up to `max_step_frames` frames run the LSTM step
-    by step with matrix-vector products (nn.LSTM's oneDNN kernel reorders its weights on every
-    call, which dwarfs one frame's work); longer chunks call nn.LSTM's fused kernel. Results
-    differ from the modules by float rounding only.
+    TorchScript call (`compiled`), exact up to float rounding. Chunks of up to
+    `max_step_frames` frames run the LSTM step by step with matrix-vector products (nn.LSTM's
+    oneDNN kernel reorders its weights on every call, which dwarfs one frame's work); longer
+    chunks call nn.LSTM's fused kernel.
 
     Args:
-        model: a float classifier in eval mode with a unidirectional `nn.LSTM` and a linear
-            classifier (see `usable`).
+        model: a float eval-mode classifier with a unidirectional nn.LSTM (see `usable`).
         max_step_frames: longest chunk (in frames) run step by step.
     """
 
@@ -317,8 +275,6 @@ class FrameStep(nn.Module):
             score_bias = attention.bias.detach().cpu()
         self.register_buffer("pool_weight", torch.cat([score_weight, weight], 1))  # (H, 1 + K)
         self.register_buffer("pool_bias", torch.cat([score_bias, self.classifier_bias]))
-        # LSTM outputs lie in (-1, 1), so the scores of any two frames differ by at most 2 |w|_1
-        self.pool_whole_chunk = 2 * float(score_weight.abs().sum()) <= MAX_CHUNK_SCORE_RANGE
 
     @staticmethod
     def usable(model: SpeechClassifier) -> bool:
@@ -338,14 +294,10 @@ class FrameStep(nn.Module):
     def forward(
         self, span: Tensor, h: Tensor, c: Tensor, log_total: Tensor, pooled: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(T, F) features and (T, K) posteriors of every whole frame of `span`, and the state.
-
-        Args:
-            span: (S,) samples, S = (T - 1) * hop + n_fft.
-            h, c, log_total, pooled: the state before the span, (L, 1, H) twice, (1, 1) and
-                (1, K), in the layout of `LSTMHead.infer` (the pooling's passed through by
-                "last"); the state after the last frame is returned in the same layout.
-        """
+        """(S,) samples of T whole frames, S = (T - 1) * hop + n_fft, and the state before them
+        -> (T, F) features, (T, K) posteriors and the state after the last frame. The state is
+        `LSTMHead.infer`'s: h, c (L, 1, H), log_total (1, 1), pooled (1, K) ("last" passes the
+        last two through)."""
         features, x = self.path(span)  # (T, F), (T, D)
         if x.shape[0] > self.max_step_frames:
             # nn.LSTM's fused kernel on (T, D) -> (1, T, D), one batch-first sequence
@@ -360,25 +312,18 @@ class FrameStep(nn.Module):
             logits = torch.addmm(self.classifier_bias, x, self.classifier_weight)  # (T, K)
         else:
             scored = torch.addmm(self.pool_bias, x, self.pool_weight)  # (T, 1 + K)
-            if x.shape[0] > self.max_step_frames and self.pool_whole_chunk:
-                logits, last, total = prefix_pool(
-                    scored[:, 0], scored[:, 1:], log_total[0], pooled[0]
+            rows: list[Tensor] = []
+            for t in range(x.shape[0]):
+                # (1, 1) score and (1, K) logits of frame t
+                pooled, log_total = pool_frame(
+                    scored[t : t + 1, :1], scored[t : t + 1, 1:], log_total, pooled
                 )
-                pooled, log_total = last.unsqueeze(0), total.unsqueeze(0)  # (K,) -> (1, K)
-            else:  # a few frames: fewer operations one by one
-                rows: list[Tensor] = []
-                for t in range(x.shape[0]):
-                    # (1, 1) score and (1, K) logits of frame t
-                    pooled, log_total = pool_frame(
-                        scored[t : t + 1, :1], scored[t : t + 1, 1:], log_total, pooled
-                    )
-                    rows.append(pooled)
-                logits = rows[0] if len(rows) == 1 else torch.cat(rows, 0)  # T x (1, K) -> (T, K)
+                rows.append(pooled)
+            logits = rows[0] if len(rows) == 1 else torch.cat(rows, 0)  # T x (1, K) -> (T, K)
         return features, logits.softmax(-1), h, c, log_total, pooled
 
     def _steps(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The stacked LSTM frame by frame: (T, D), (L, 1, H), (L, 1, H) -> (T, H), (L, 1, H),
-        (L, 1, H)."""
+        """The stacked LSTM frame by frame: (T, D) x, (L, 1, H) h and c -> (T, H), h, c."""
         hs = [h[layer] for layer in range(self.num_layers)]  # L x (1, H)
         cs = [c[layer] for layer in range(self.num_layers)]
         n = self.hidden
@@ -398,6 +343,3 @@ class FrameStep(nn.Module):
             outputs.append(inputs)
         output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 0)
         return output, torch.stack(hs, 0), torch.stack(cs, 0)  # L x (1, H) -> (L, 1, H)
-
-
-__all__ = ["FrameBatchPath", "FrameStep", "compiled", "prefix_pool"]

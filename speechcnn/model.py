@@ -5,7 +5,6 @@ Plain nn.Modules: nothing here imports Lightning.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -26,29 +25,21 @@ StreamState = tuple[Tensor, Tensor, Tensor, Tensor]
 def pool_frame(
     score: Tensor, values: Tensor, log_total: Tensor, pooled: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """One frame's step of a running softmax-weighted mean.
+    """One frame's step of a running softmax-weighted mean: the frame's (..., 1) score (0 for
+    mean pooling) and (..., V) values (its logits), and the (..., 1) L and (..., V) P before it
+    -> P and L after it.
 
-    With L = log sum_u exp(s_u) and P = sum_u exp(s_u - L) v_u over the frames so far, a new
-    frame (s, v) takes P to P + sigmoid(s - L) (v - P) and L to s + softplus(L - s). Nothing
-    overflows or underflows to a wrong result, however far apart the scores: a weight that
-    underflows is one that rounding would lose anyway.
-
-    Args:
-        score: (..., 1) the frame's score (0 for mean pooling).
-        values: (..., V) what it adds to the mean (its logits).
-        log_total: (..., 1) L before the frame; -inf at the start of a stream.
-        pooled: (..., V) P before the frame (zeros at the start).
-
-    Returns:
-        The (..., V) mean and the (..., 1) L after the frame.
+    With L = log sum_u exp(s_u) and P = sum_u exp(s_u - L) v_u over the frames so far (-inf and
+    zeros at the start), a new frame (s, v) takes P to P + sigmoid(s - L) (v - P) and L to
+    s + softplus(L - s). Nothing overflows or underflows to a wrong result, however far apart
+    the scores: a weight that underflows is one that rounding would lose anyway.
     """
     gap = score - log_total
     return torch.lerp(pooled, values, torch.sigmoid(gap)), score + F.softplus(-gap)
 
 
 def empty_pool_state(batch: int, num_values: int) -> tuple[Tensor, Tensor]:
-    """The pooling state before a stream's first frame: L = -inf (no weight yet), (B, 1), and
-    a (B, V) mean of zeros (see `pool_frame`)."""
+    """`pool_frame`'s state before a stream's first frame: (B, 1) L = -inf, (B, V) zeros."""
     return torch.full((batch, 1), float("-inf")), torch.zeros(batch, num_values)
 
 
@@ -64,8 +55,7 @@ class LSTMHead(nn.Module):
         hidden_size: LSTM hidden size H (per direction).
         num_layers: number of stacked LSTM layers.
         bidirectional: run a backward LSTM too (not streamable).
-        pooling: "last" (final state), "mean" (mean over valid frames) or "attention"
-            (softmax-weighted mean over valid frames).
+        pooling: "last" (final state), "mean" or "attention" (softmax-weighted) over valid frames.
         dropout: dropout between LSTM layers and before the classifier.
     """
 
@@ -92,16 +82,11 @@ class LSTMHead(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.pooling = pooling
-        self.bidirectional = bidirectional
+        self.pooling, self.bidirectional = pooling, bidirectional
         self.lstm = nn.LSTM(
-            in_features,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            bidirectional=bidirectional,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+            in_features, hidden_size, num_layers=num_layers, batch_first=True,
+            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
+        )  # fmt: skip
         out = hidden_size * (2 if bidirectional else 1)
         self.attention = nn.Linear(out, 1) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
@@ -109,39 +94,32 @@ class LSTMHead(nn.Module):
 
     @property
     def streamable(self) -> bool:
-        """True when the logits of the clip that ends at frame t depend only on frames <= t
-        (see speechcnn.streaming): a unidirectional LSTM, with any of the three poolings."""
+        """Whether the logits at frame t depend on frames <= t only: a unidirectional LSTM."""
         return not self.bidirectional
 
     def prefix_logits(self, x: Tensor) -> Tensor:
-        """Logits at every frame: row t is what `forward` gives for the clip of frames 0..t.
+        """(B, T, D) frame embeddings -> (B, T, K) logits, row t what `forward` gives for the
+        clip of frames 0..t: the offline reference that `infer` must equal.
 
-        The offline reference that `infer` must equal: "last" takes the LSTM output at t;
-        "mean" and "attention" pool over the prefix, attention with a softmax of the scores of
-        frames 0..t. Needs a unidirectional LSTM, whose output at frame u does not depend on
-        frames after u. Memory grows as T^2 for "mean" and "attention": for clips, not hours.
-
-        Args:
-            x: (B, T, D) frame embeddings.
-
-        Returns:
-            (B, T, K) logits.
+        Needs a unidirectional LSTM, whose output at frame u does not depend on later frames.
+        Memory grows as T^2 for "mean" and "attention": for clips, not hours.
         """
         outputs, _ = self.lstm(x)  # (B, T, H)
-        if self.pooling == "last":
-            pooled = outputs
-        else:
+        pooled = outputs
+        if self.pooling != "last":
             n_frames = outputs.shape[1]
-            if self.attention is None:  # "mean": equal weights
-                scores = outputs.new_zeros(outputs.shape[:2])
-            else:
-                scores = self.attention(outputs).squeeze(-1)  # (B, T, 1) -> (B, T)
-            future = torch.ones(n_frames, n_frames, dtype=torch.bool, device=outputs.device)
-            future = future.triu(1)  # (t, u): frame u comes after frame t
-            # (B, 1, T) -> (B, T, T): row t holds the scores of frames 0..t, -inf after
-            prefix_scores = scores[:, None, :].masked_fill(future, float("-inf"))
-            pooled = prefix_scores.softmax(dim=-1) @ outputs  # (B, T, T) @ (B, T, H)
+            # (t, u): frame u comes after frame t
+            future = torch.ones(n_frames, n_frames, dtype=torch.bool, device=x.device).triu(1)
+            # (B, T, 1) -> (B, 1, T) -> (B, T, T): row t holds the scores of frames 0..t, -inf after
+            scores = self._scores(outputs).transpose(1, 2).masked_fill(future, float("-inf"))
+            pooled = scores.softmax(dim=-1) @ outputs  # (B, T, T) @ (B, T, H)
         return self.classifier(self.dropout(pooled))
+
+    def _scores(self, outputs: Tensor) -> Tensor:
+        """(B, T, H) LSTM outputs -> (B, T, 1) pooling scores, 0 for "mean" (equal weights)."""
+        if self.attention is None:
+            return outputs.new_zeros(outputs.shape[:2] + (1,))
+        return self.attention(outputs)
 
     def initial_state(self, batch: int = 1) -> StreamState:
         """The state before a stream's first frame: zero (h, c) and an empty pooling."""
@@ -151,19 +129,12 @@ class LSTMHead(nn.Module):
         return zeros, zeros.clone(), log_total, pooled
 
     def infer(self, x: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
-        """The next frames of a stream: what `prefix_logits` gives at them, from a carried state.
+        """(B, T, D) embeddings of a stream's next frames and the `StreamState` before them
+        (`initial_state` or the previous call's) -> (B, T, K) `prefix_logits` at them and the
+        state after the last.
 
-        The LSTM carries (h, c); "mean" and "attention" carry the pooled logits and the log of
-        the pooling weights' total (`pool_frame`): the classifier is linear and the weights sum
-        to 1, so the pooled vector's logits are the weighted mean of every frame's logits.
-
-        Args:
-            x: (B, T, D) embeddings of the frames after those `state` has seen.
-            state: (h, c) of shape (L, B, H) each, log total weight (B, 1) and pooled logits
-                (B, K), from `initial_state` or the previous call.
-
-        Returns:
-            (B, T, K) logits at each frame, and the state after the last frame.
+        "mean" and "attention" carry the pooled logits (`pool_frame`): the classifier is linear
+        and the weights sum to 1, so the pooled logits are the weighted mean of the frames'.
         """
         if self.bidirectional:
             raise ValueError("a bidirectional LSTM cannot stream: it reads the audio backwards")
@@ -171,10 +142,7 @@ class LSTMHead(nn.Module):
         outputs, (h, c) = self.lstm(x, (h, c))  # (B, T, H)
         logits = self.classifier(outputs)  # (B, T, K)
         if self.pooling != "last":
-            if self.attention is None:  # "mean": equal weights
-                scores = logits.new_zeros(logits.shape[:2] + (1,))  # (B, T, 1)
-            else:
-                scores = self.attention(outputs)  # (B, T, 1)
+            scores = self._scores(outputs)  # (B, T, 1)
             rows = []
             for t in range(logits.shape[1]):
                 pooled, log_total = pool_frame(scores[:, t], logits[:, t], log_total, pooled)
@@ -183,15 +151,8 @@ class LSTMHead(nn.Module):
         return logits, (h, c, log_total, pooled)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Classify sequences of frame embeddings.
-
-        Args:
-            x: (B, T, D) frame embeddings.
-            lengths: (B,) number of valid frames per sequence (None: all T).
-
-        Returns:
-            (B, K) logits.
-        """
+        """(B, T, D) frame embeddings, (B,) valid frames per sequence (None: all T) -> (B, K)
+        logits."""
         batch, n_frames, _ = x.shape
         mask = None
         if lengths is not None:
@@ -207,7 +168,6 @@ class LSTMHead(nn.Module):
             # padding after a clip changes none of its valid outputs. Not packing is exact
             # and faster (packed sequences take a slower kernel).
             outputs, (h_n, _) = self.lstm(x)  # (B, T, H*dirs)
-
         if self.pooling == "last":
             if self.bidirectional:
                 # each direction's final state: at the clip's last valid frame (packing) and,
@@ -215,9 +175,8 @@ class LSTMHead(nn.Module):
                 pooled = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # (B, 2H)
             elif mask is None:
                 pooled = h_n[-1]  # (B, H)
-            else:
-                last = lengths - 1  # each clip's last valid frame
-                pooled = outputs[torch.arange(batch, device=x.device), last]  # (B, H)
+            else:  # each clip's last valid frame
+                pooled = outputs[torch.arange(batch, device=x.device), lengths - 1]  # (B, H)
         elif self.pooling == "mean":
             if mask is None:
                 pooled = outputs.mean(dim=1)
@@ -240,8 +199,7 @@ class SpeechClassifier(nn.Module):
         features: waveform (B, S) -> (B, F, T) feature extractor.
         frontend: frame-local front end (B, F, T) -> (B, T, D).
         head: sequence classifier (B, T, D) -> (B, K).
-        input_norm: per-bin batch norm of the features (a fixed per-bin affine map at
-            inference, so it keeps frames local and streamable).
+        input_norm: batch-normalise each feature bin (a fixed affine map at inference: local).
     """
 
     def __init__(
@@ -258,52 +216,35 @@ class SpeechClassifier(nn.Module):
             )
         self.features = features
         self.input_norm = nn.BatchNorm1d(features.out_features) if input_norm else nn.Identity()
-        self.frontend = frontend
-        self.head = head
+        self.frontend, self.head = frontend, head
 
     def frame_lengths(self, lengths: Tensor | None) -> Tensor | None:
-        """Valid frames per clip for (B,) valid samples per clip."""
+        """(B,) valid samples per clip -> (B,) valid frames per clip."""
         return None if lengths is None else self.features.num_frames(lengths)
 
     def embed(self, waveforms: Tensor) -> Tensor:
-        """Frame embeddings (B, S) -> (B, T, D), before the LSTM; frame t depends on the
-        samples of frame t alone."""
+        """(B, S) waveforms -> (B, T, D) frame embeddings, each a function of its frame alone."""
         return self.frontend(self.input_norm(self.features(waveforms)))
 
     def prefix_logits(self, waveforms: Tensor) -> Tensor:
-        """(B, S) waveforms -> (B, T, K) logits; row t is the logits of the clip of frames
-        0..t (`LSTMHead.prefix_logits`), the offline reference of `infer`."""
+        """(B, S) waveforms -> (B, T, K) `LSTMHead.prefix_logits`, the reference of `infer`."""
         return self.head.prefix_logits(self.embed(waveforms))
 
     def infer(self, span: Tensor, state: StreamState) -> tuple[Tensor, Tensor, StreamState]:
-        """The frames a span of a stream holds, classified from a carried state.
+        """(B, S) samples of a stream's next T frames, S = (T - 1) * hop + n_fft, and the
+        head's state before them (eval mode) -> (B, F, T) features (before the input norm),
+        (B, T, K) `LSTMHead.infer` logits and the state after the last frame.
 
-        The features are not centred and the front end is frame-local, so a span of
-        S = (T - 1) * hop + n_fft samples gives the stream's next T frames exactly, with
-        nothing carried but the n_fft - hop samples the next span shares with this one.
-
-        Args:
-            span: (B, S) samples of the next T frames (see above), in eval mode.
-            state: the head's state after the previous frames (`LSTMHead.initial_state`).
-
-        Returns:
-            (B, F, T) features (before the input norm), (B, T, K) logits of the clip that ends
-            at each frame, and the state after the last frame.
+        The features are not centred and the front end is frame-local, so nothing else is
+        carried but the n_fft - hop samples the next span shares with this one.
         """
         features = self.features(span)
         logits, state = self.head.infer(self.frontend(self.input_norm(features)), state)
         return features, logits, state
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Classify a batch of waveforms.
-
-        Args:
-            waveforms: (B, S) float waveforms, zero-padded past each clip's length.
-            lengths: (B,) valid samples per clip (None: all S).
-
-        Returns:
-            (B, K) logits.
-        """
+        """(B, S) float waveforms, zero-padded past each clip's (B,) valid samples (None: all
+        S) -> (B, K) logits."""
         return self.classify_features(self.features(waveforms), self.frame_lengths(lengths))
 
     def classify_features(self, features: Tensor, frames: Tensor | None = None) -> Tensor:
@@ -313,9 +254,8 @@ class SpeechClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Architecture hyperparameters of `SpeechClassifier`, as recipes and checkpoints hold them.
-
-    The defaults are the Speech Commands recipe's (recipes/speech_commands.yaml).
+    """Architecture hyperparameters of `SpeechClassifier`, as recipes and checkpoints hold them;
+    the defaults are the Speech Commands recipe's (recipes/speech_commands.yaml).
 
     Args:
         n_mels: mel bands of the log-mel features.
@@ -359,82 +299,13 @@ def build_classifier(
 ) -> SpeechClassifier:
     """The full model for `num_classes` classes of audio at `sample_rate` Hz."""
     c = config
-    features = LogMelFeatures(
-        sample_rate=sample_rate,
-        n_mels=c.n_mels,
-        win_ms=c.win_ms,
-        hop_ms=c.hop_ms,
-        n_mfcc=c.n_mfcc,
-    )
+    features = LogMelFeatures(sample_rate, c.n_mels, c.win_ms, c.hop_ms, n_mfcc=c.n_mfcc)
     frontend = FrequencyCNN(
-        features.out_features,
-        channels=c.cnn_channels,
-        kernel_sizes=c.cnn_kernels,
-        strides=c.cnn_strides,
-        pools=c.cnn_pools,
-        dropout=c.cnn_dropout,
-        activation=c.activation,
-    )
+        features.out_features, c.cnn_channels, c.cnn_kernels, c.cnn_strides, c.cnn_pools,
+        dropout=c.cnn_dropout, activation=c.activation,
+    )  # fmt: skip
     head = LSTMHead(
-        frontend.out_features,
-        num_classes,
-        hidden_size=c.lstm_hidden,
-        num_layers=c.lstm_layers,
-        bidirectional=c.bidirectional,
-        pooling=c.pooling,
-        dropout=c.head_dropout,
-    )
+        frontend.out_features, num_classes, c.lstm_hidden, c.lstm_layers, c.bidirectional,
+        c.pooling, c.head_dropout,
+    )  # fmt: skip
     return SpeechClassifier(features, frontend, head, input_norm=c.input_norm)
-
-
-def multiply_accumulates(model: SpeechClassifier, seconds: float = 1.0) -> int:
-    """Multiply-accumulates to classify `seconds` of audio, counted layer by layer.
-
-    Counts the features (the FFT as 2 N log2 N real MACs per frame of N samples, the mel
-    filterbank and any DCT), the convolutions, the LSTM's gate products, the attention score
-    and the classifier. Batch norm, activations and pooling are left out: they are elementwise
-    (batch norm folds into the convolution at inference).
-    """
-    feats = model.features
-    num_samples = round(seconds * feats.sample_rate)
-    n_frames = feats.num_frames(num_samples)
-    if n_frames <= 0:
-        raise ValueError(f"{seconds} s is shorter than one analysis window")
-    n_fft = feats.n_fft
-    macs = n_frames * (2 * n_fft * math.ceil(math.log2(n_fft)))  # FFT
-    macs += n_frames * feats.mel_fbanks.numel()  # (N/2+1, n_mels) projection
-    if feats.dct is not None:
-        macs += n_frames * feats.dct.numel()
-
-    counts: list[int] = []
-
-    def conv_hook(module: nn.Conv2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-        counts.append(output[0].numel() * per_output)  # first item of the batch
-
-    def linear_hook(module: nn.Linear, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        counts.append(output[0].numel() * module.in_features)
-
-    hooks = [
-        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, num_samples))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    # The classifier runs on the pooled vector once per clip; the hook saw exactly that.
-    macs += sum(counts)
-    lstm = model.head.lstm
-    dirs = 2 if lstm.bidirectional else 1
-    size = lstm.input_size
-    for _ in range(lstm.num_layers):
-        macs += n_frames * dirs * 4 * lstm.hidden_size * (size + lstm.hidden_size)
-        size = lstm.hidden_size * dirs
-    return int(macs)

@@ -49,14 +49,9 @@ def stacked_config(paths: list[Path]) -> dict:
 
 
 def run_recipe(config: str | Path, argv: list[str]) -> dict:
-    """Train with `config` plus `--section.key value` overrides, test the trained model.
-
-    A run folder's `checkpoints/last.ckpt` from an interrupted run (its latest finished epoch)
-    is resumed. `test_checkpoint` (`last`, the default, or `best`) picks what is tested: the
-    weights after the last epoch, or the epoch with the best validation accuracy. Writes
-    metrics.json, report.json (per-class precision/recall) and confusion.png to the run's log
-    folder and returns the metrics.
-    """
+    """Train with `config` plus `--section.key value` overrides (resuming the run folder's
+    last.ckpt), test the `test_checkpoint` (`last` epoch or `best` validation accuracy), write
+    `write_test_report`'s files to the run's log folder and return the metrics."""
     with warnings.catch_warnings():
         # The recipe passes its own config ahead of the command line on purpose.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -64,11 +59,10 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     checkpoint, latest = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
     last = Path(latest.dirpath) / "last.ckpt" if latest.dirpath else None
-    resume = str(last) if last is not None and last.is_file() else None
+    resume = str(last) if last and last.is_file() else None
     if resume:
         check_resumable(resume, module, trainer.max_epochs)
         print(f"resuming from {resume}", flush=True)
-
     timer = EpochTimer()
     trainer.callbacks.append(timer)
     start = time.perf_counter()
@@ -76,24 +70,22 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     train_seconds = time.perf_counter() - start
     best = checkpoint.best_model_path if checkpoint else ""
     # After fit, last.ckpt holds the final epoch (None tests the same weights from memory).
-    final = str(last) if last is not None and last.is_file() else None
+    final = str(last) if last and last.is_file() else None
     tested = final if cli.config.test_checkpoint == "last" else (best or None)
     trainer.test(module, datamodule=data, ckpt_path=tested)
 
-    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    per_epoch = round(sum(timer.seconds) / len(timer.seconds), 2) if timer.seconds else None
     extra = {
         "parameters": module.num_parameters,
         "train_seconds": round(train_seconds, 1),
         "epochs": trainer.current_epoch,
-        "seconds_per_epoch": round(sum(timer.seconds) / len(timer.seconds), 2)
-        if timer.seconds
-        else None,
+        "seconds_per_epoch": per_epoch,
         "test_checkpoint": cli.config.test_checkpoint,
         "tested_checkpoint": tested or "",
         "best_checkpoint": best,
     }
-    confusion = module.test_confusion.compute()
-    keywords = getattr(data, "keywords", ())
+    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    confusion, keywords = module.test_confusion.compute(), getattr(data, "keywords", ())
     metrics = write_test_report(confusion, module.class_names, run_dir, keywords, extra)
     print(json.dumps(metrics), flush=True)
     return metrics

@@ -10,38 +10,33 @@ import torch
 from torch import Tensor
 
 
+def _ratio(part: Tensor, whole: Tensor) -> float:
+    return part.item() / whole.item() if whole else float("nan")
+
+
 def classification_report(
     confusion: Tensor, class_names: list[str], keywords: Sequence[str] = ()
 ) -> dict:
-    """Metrics from a (K, K) confusion matrix (rows: true class, columns: predicted class).
-
-    Returns accuracy, per-class precision/recall/support and, when `keywords` are given and all
-    among the classes (e.g. a data module's `keywords`: Speech Commands' 10), `keyword_accuracy`:
-    accuracy over clips whose true class is a keyword.
-    """
+    """Accuracy, per-class precision/recall/support and, when all `keywords` are classes,
+    `keyword_accuracy` (over clips of a keyword) of a (K, K) confusion matrix (rows: true class,
+    columns: predicted class)."""
     confusion = confusion.detach().cpu().to(torch.float64)
     if confusion.shape != (len(class_names), len(class_names)):
         raise ValueError(
             f"confusion is {tuple(confusion.shape)}, expected {len(class_names)} classes"
         )
-    correct = confusion.diag()
-    support = confusion.sum(1)
-    predicted = confusion.sum(0)
-    total = support.sum().item()
+    correct, support, predicted = confusion.diag(), confusion.sum(1), confusion.sum(0)
     report: dict = {
-        "accuracy": correct.sum().item() / total if total else float("nan"),
-        "num_examples": int(total),
+        "accuracy": _ratio(correct.sum(), support.sum()),
+        "num_examples": int(support.sum().item()),
     }
     keyword_ids = [class_names.index(k) for k in keywords if k in class_names]
     if keyword_ids and len(keyword_ids) == len(keywords):
-        kw_total = support[keyword_ids].sum().item()
-        report["keyword_accuracy"] = (
-            correct[keyword_ids].sum().item() / kw_total if kw_total else float("nan")
-        )
+        report["keyword_accuracy"] = _ratio(correct[keyword_ids].sum(), support[keyword_ids].sum())
     report["per_class"] = {
         name: {
-            "precision": correct[i].item() / predicted[i].item() if predicted[i] else float("nan"),
-            "recall": correct[i].item() / support[i].item() if support[i] else float("nan"),
+            "precision": _ratio(correct[i], predicted[i]),
+            "recall": _ratio(correct[i], support[i]),
             "support": int(support[i].item()),
         }
         for i, name in enumerate(class_names)
@@ -64,16 +59,11 @@ def plot_confusion(confusion: Tensor, class_names: list[str], path: str | Path) 
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), class_names, rotation=90)
     ax.set_yticks(range(k), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set(xlabel="predicted", ylabel="true")
     if k <= 15:
-        for i in range(k):
-            for j in range(k):
-                if counts[i, j]:
-                    color = "white" if rates[i, j] > 0.5 else "black"
-                    ax.text(
-                        j, i, int(counts[i, j]), ha="center", va="center", fontsize=7, color=color
-                    )
+        for i, j in counts.nonzero().tolist():
+            color = "white" if rates[i, j] > 0.5 else "black"
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7, color=color)
     ax.set_title("confusion (row-normalised colour, counts in cells)")
     fig.tight_layout()
     path = Path(path)
@@ -89,17 +79,15 @@ def write_test_report(
     keywords: Sequence[str] = (),
     extra: dict | None = None,
 ) -> dict:
-    """Write metrics.json, report.json (per-class precision and recall) and confusion.png of a
-    test run to `run_dir`; returns the metrics (test accuracy, accuracy on `keywords`,
-    examples, and `extra`)."""
+    """Write metrics.json, report.json (`classification_report`) and confusion.png of a test run
+    to `run_dir`; return the metrics (test and `keywords` accuracy, examples, and `extra`)."""
     report = classification_report(confusion, class_names, keywords)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    keyword_accuracy = report.get("keyword_accuracy")
     metrics = {
         "test_accuracy": round(report["accuracy"], 4),
-        "test_keyword_accuracy": round(report["keyword_accuracy"], 4)
-        if "keyword_accuracy" in report
-        else None,
+        "test_keyword_accuracy": None if keyword_accuracy is None else round(keyword_accuracy, 4),
         "test_examples": report["num_examples"],
         **(extra or {}),
         "run_dir": str(run_dir),

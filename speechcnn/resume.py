@@ -1,20 +1,10 @@
 """Resuming a run exactly, and saying so when a run stops early or cannot be resumed.
 
-`ExactResume` stores the random states of torch (CPU and CUDA), numpy and Python in every
-checkpoint and restores them when training resumes from one, so the epochs after the resume
-draw the same shuffles, augmentations and dropout masks as an uninterrupted run (Lightning
-restores weights, optimizer, schedule and loop counters, not the generators). A fresh run draws
-exactly what it drew without this callback: the states are only read and written.
-
-last.ckpt is written at the end of every epoch (atomically, `SafeCheckpointIO`); a run stopped
-by SIGTERM or Ctrl-C keeps it and exits non-zero, saying how to resume: the same command again
-reruns the epoch that was cut short from its start, from the states at its start, so the
-resumed run ends where the uninterrupted one would.
-
-`check_resumable` looks at a run folder's last.ckpt before resuming it and refuses, with one
-message saying why and what to do, a checkpoint that is unreadable, that holds another model or
-other settings, or that was trained toward another number of epochs (its learning-rate
-schedule is fixed at the start). Nothing is deleted.
+`ExactResume` stores the random states of torch, numpy and Python in each checkpoint and
+restores them on resume (Lightning restores weights, optimizer and loops, not the generators),
+so the resumed epochs draw the shuffles, augmentations and dropout of an uninterrupted run. A
+run stopped by SIGTERM or Ctrl-C exits non-zero and keeps last.ckpt: the same command reruns
+the cut-short epoch. `check_resumable` refuses, saying why, a last.ckpt that does not fit.
 """
 
 from __future__ import annotations
@@ -40,25 +30,6 @@ class UnresumableRunError(ValueError):
     """A run folder whose checkpoint this command cannot continue; the message says why."""
 
 
-def _to_plain(states: dict[str, Any]) -> dict[str, Any]:
-    # numpy's state holds an ndarray, which a weights_only load refuses: store it as a tensor.
-    states = dict(states)
-    if "numpy" in states:
-        kind, keys, pos, has_gauss, cached = states["numpy"]
-        states["numpy"] = [kind, torch.from_numpy(np.asarray(keys).copy()), pos, has_gauss, cached]
-    return states
-
-
-def _from_plain(states: dict[str, Any]) -> dict[str, Any]:
-    states = dict(states)
-    if "numpy" in states:
-        kind, keys, pos, has_gauss, cached = states["numpy"]
-        states["numpy"] = (kind, keys.numpy(), pos, has_gauss, cached)
-    if "torch.cuda" in states and not torch.cuda.is_available():
-        del states["torch.cuda"]
-    return states
-
-
 class ExactResume(pl.Callback):
     """Saves and restores the random states with each checkpoint; reports interruptions."""
 
@@ -69,7 +40,10 @@ class ExactResume(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         states = _collect_rng_states(include_cuda=torch.cuda.is_available())
-        checkpoint[RNG_KEY] = _to_plain(states)
+        # numpy's state holds an ndarray, which a weights_only load refuses: store a tensor.
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        states["numpy"] = [kind, torch.from_numpy(np.asarray(keys).copy()), pos, has_gauss, cached]
+        checkpoint[RNG_KEY] = states
         checkpoint[RUN_KEY] = {"max_epochs": trainer.max_epochs}
 
     def on_load_checkpoint(
@@ -77,16 +51,21 @@ class ExactResume(pl.Callback):
     ) -> None:
         # Called only when fit resumes, after the model was built (which drew numbers of its
         # own) and before the first batch: the generators continue from the saved epoch end.
-        if RNG_KEY in checkpoint:
-            _set_rng_states(_from_plain(checkpoint[RNG_KEY]))
+        if RNG_KEY not in checkpoint:
+            return
+        states = dict(checkpoint[RNG_KEY])
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        states["numpy"] = (kind, keys.numpy(), pos, has_gauss, cached)
+        if not torch.cuda.is_available():
+            states.pop("torch.cuda", None)
+        _set_rng_states(states)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, SIGTERMException):
             self.interrupted = "SIGTERM"
-            # Lightning's SIGTERMException is a SystemExit with status 0: a scheduler would
-            # record the stopped run as a success.
+            # Lightning's SIGTERMException exits 0: a scheduler would record a success.
             exception.code = 128 + signal.SIGTERM
         elif isinstance(exception, KeyboardInterrupt):
             self.interrupted = "Ctrl-C (SIGINT)"
@@ -96,56 +75,44 @@ class ExactResume(pl.Callback):
             print(interruption_message(trainer, self.interrupted), file=sys.stderr, flush=True)
 
 
-def _last_checkpoint(trainer: pl.Trainer) -> Path | None:
-    for callback in trainer.checkpoint_callbacks:
-        dirpath = getattr(callback, "dirpath", None)
-        if dirpath and getattr(callback, "filename", None) == "last":
-            return Path(dirpath) / "last.ckpt"
-    return None
-
-
 def interruption_message(trainer: pl.Trainer, cause: str) -> str:
     """What was stopped, what last.ckpt holds, and how to go on."""
-    epoch = trainer.current_epoch
-    batches = trainer.num_training_batches
+    epoch, batches = trainer.current_epoch, trainer.num_training_batches
     done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-    where = f"epoch {epoch} (batch {done} of {batches})"
-    last = _last_checkpoint(trainer)
-    if last is not None and last.is_file():
-        try:
-            saved_epoch = int(load_checkpoint(last)["epoch"])
-            holds = f"{last} holds epoch {saved_epoch}"
-        except (CheckpointFileError, KeyError, TypeError, ValueError):
-            holds = f"{last} is there"
+    stopped = f"training stopped by {cause} in epoch {epoch} (batch {done} of {batches})"
+    dirs = [
+        c.dirpath for c in trainer.checkpoint_callbacks
+        if getattr(c, "dirpath", None) and getattr(c, "filename", None) == "last"
+    ]  # fmt: skip
+    last = Path(dirs[0]) / "last.ckpt" if dirs else None
+    if last is None or not last.is_file():
         return (
-            f"speechcnn: training stopped by {cause} in {where}; {holds}: run the same command "
-            f"again to resume from it (epoch {epoch} restarts from its beginning)"
+            f"speechcnn: {stopped}, before the first epoch ended; nothing to resume: run the "
+            "same command again to start over"
         )
+    try:
+        holds = f"{last} holds epoch {int(load_checkpoint(last)['epoch'])}"
+    except (CheckpointFileError, KeyError, TypeError, ValueError):
+        holds = f"{last} is there"
     return (
-        f"speechcnn: training stopped by {cause} in {where}, before the first epoch ended; "
-        "nothing to resume: run the same command again to start over"
+        f"speechcnn: {stopped}; {holds}: run the same command again to resume from it "
+        f"(epoch {epoch} restarts from its beginning)"
     )
 
 
 def _flat(value: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: list(value) if isinstance(value, tuple) else value}
+    if not isinstance(value, dict):
+        return {prefix: list(value) if isinstance(value, tuple) else value}
+    named = ((f"{prefix}.{key}" if prefix else str(key), item) for key, item in value.items())
+    return {k: v for name, item in named for k, v in _flat(item, name).items()}
 
 
 def check_resumable(path: str | Path, module: pl.LightningModule, max_epochs: int | None) -> None:
-    """Refuse to resume `path` (a run folder's last.ckpt) into a run it is not part of.
-
-    Raises:
-        UnresumableRunError: the checkpoint is unreadable, holds other model settings or another
-            architecture, or was trained toward another `max_epochs`; the message names the
-            folder, the difference, and what to do.
-    """
-    path = Path(path)
-    run_dir = path.parent.parent
+    """Refuse to resume `path` (a run folder's last.ckpt) into a run it is not part of: raise
+    `UnresumableRunError` if it is unreadable, holds other model settings or another architecture,
+    or was trained toward another `max_epochs`, naming the folder, the difference, what to do."""
+    run_dir = Path(path).parent.parent
+    cannot = f"cannot resume {run_dir}:"
     what_to_do = (
         f"train this command in a new --trainer.default_root_dir, or move {run_dir} away to "
         "start over (nothing was deleted)"
@@ -153,7 +120,7 @@ def check_resumable(path: str | Path, module: pl.LightningModule, max_epochs: in
     try:
         checkpoint = load_checkpoint(path)
     except CheckpointFileError as error:
-        raise UnresumableRunError(f"cannot resume {run_dir}: {error}; {what_to_do}") from error
+        raise UnresumableRunError(f"{cannot} {error}; {what_to_do}") from error
     saved = _flat(checkpoint.get("hyper_parameters", {}), "")
     current = _flat(dict(module.hparams), "")
     changed = [
@@ -162,29 +129,26 @@ def check_resumable(path: str | Path, module: pl.LightningModule, max_epochs: in
         if not key.startswith("_") and saved.get(key) != current.get(key)
     ]
     if changed:
-        shown = "; ".join(changed[:3]) + (
-            f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
-        )
+        more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
         raise UnresumableRunError(
-            f"cannot resume {run_dir}: its checkpoint has other model settings ({shown}); "
+            f"{cannot} its checkpoint has other model settings ({'; '.join(changed[:3])}{more}); "
             f"rerun with the folder's settings to resume it, or {what_to_do}"
         )
-    state = checkpoint.get("state_dict", {})
-    mine = module.state_dict()
+    state, mine = checkpoint.get("state_dict", {}), module.state_dict()
     mismatched = sorted(
         k for k in set(state) | set(mine)
         if k not in state or k not in mine or tuple(state[k].shape) != tuple(mine[k].shape)
     )  # fmt: skip
     if mismatched:
         raise UnresumableRunError(
-            f"cannot resume {run_dir}: its checkpoint holds another architecture "
-            f"({len(mismatched)} weights differ, e.g. {mismatched[0]}); {what_to_do}"
+            f"{cannot} its checkpoint holds another architecture ({len(mismatched)} weights "
+            f"differ, e.g. {mismatched[0]}); {what_to_do}"
         )
     planned = checkpoint.get(RUN_KEY, {}).get("max_epochs")
     if planned is not None and max_epochs is not None and planned != max_epochs:
         finished = int(checkpoint.get("epoch", -1)) + 1
         raise UnresumableRunError(
-            f"cannot resume {run_dir}: it was trained toward {planned} epochs ({finished} done) "
-            f"and this command asks for {max_epochs}, but the learning-rate schedule is fixed "
-            f"when a run starts; resume it with --trainer.max_epochs {planned}, or {what_to_do}"
+            f"{cannot} it was trained toward {planned} epochs ({finished} done) and this command "
+            f"asks for {max_epochs}, but the learning-rate schedule is fixed when a run starts; "
+            f"resume it with --trainer.max_epochs {planned}, or {what_to_do}"
         )

@@ -1,15 +1,9 @@
 """Exact streaming inference: audio chunks in, per-frame class posteriors out.
 
-The front end convolves over frequency only and the features are not centred, so frame t is a
-function of samples [t * hop, t * hop + n_fft) alone; with a unidirectional LSTM, carrying the
-STFT's overlap (n_fft - hop samples) and the head's state between chunks gives the offline
-model's frames and posteriors (up to float rounding; the tests check 1e-5). Frames are computed
-by `SpeechClassifier.infer`, or on the CPU by the fused step of `speechcnn.fused_step`.
-
-The posterior at frame t is the model's for the clip of frames 0..t since the stream began or
-was reset (`LSTMHead.prefix_logits` is the reference; `LSTMHead.infer` the streaming form).
-"last" suits endless streams; "mean" and "attention" pool over everything since the last reset,
-so they suit one utterance at a time (push-to-talk, or a reset per detected utterance).
+Frame t depends on samples [t * hop, t * hop + n_fft) alone (a frequency-only front end, no
+centring), so with a unidirectional LSTM, carrying the STFT's overlap and the head's state gives
+the offline model's posteriors: frame t's for frames 0..t since the start or the last reset
+("last" pooling suits endless streams, "mean" and "attention" one utterance at a time).
 """
 
 from __future__ import annotations
@@ -37,10 +31,8 @@ def check_streamable(model: SpeechClassifier) -> None:
         raise NotStreamableError(
             "model cannot stream: the LSTM is bidirectional: its backward direction reads the "
             "recording from the end, so no output exists until the audio has ended. Train with "
-            "net.bidirectional=false (recipe flag --model.net.bidirectional false; the recipe's "
-            "default is unidirectional): every pooling then has a streaming form, and the "
-            "streamer emits at each frame the posterior of the audio so far. (`speechcnn spot "
-            "--mode window` works with any model.)"
+            "net.bidirectional=false (--model.net.bidirectional false, the recipe default) to "
+            "stream with any pooling, or use `speechcnn spot --mode window` with any model."
         )
 
 
@@ -54,36 +46,18 @@ def offline_posteriors(model: SpeechClassifier, waveforms: Tensor) -> Tensor:
 
 @dataclass
 class StreamStep:
-    """What one `Streamer.push` produced: the frames completed by the chunk.
+    """What one `Streamer.push` produced: the frames completed by the chunk."""
 
-    Attributes:
-        features: (F, T) log-mel frames (before the input norm), T >= 0.
-        posteriors: (T, K) class posteriors at those frames.
-        first_frame: index of the first of these frames in the whole stream.
-    """
-
-    features: Tensor
-    posteriors: Tensor
-    first_frame: int
+    features: Tensor  # (F, T) log-mel frames (before the input norm), T >= 0
+    posteriors: Tensor  # (T, K) class posteriors at those frames
+    first_frame: int  # index of the first of these frames in the whole stream
 
 
 class Streamer:
-    """Stateful streaming classifier over one audio stream.
-
-    Push chunks of any size (1 sample to minutes); each call returns the frames the chunk
-    completed, keeping the samples the next frames need and carrying the head's state.
-
-    Args:
-        model: a trained `SpeechClassifier` with a unidirectional LSTM, put in eval mode (with
-            "mean" or "attention" pooling, each posterior pools over everything since `reset`).
-        max_frames_per_step: frames sent through the model at once (bounds memory; any value
-            gives the same result).
-        fused: run the compiled `FrameStep` where it applies (a float model on the CPU), else
-            `SpeechClassifier.infer`; both compute the same posteriors.
-
-    Raises:
-        NotStreamableError: the model's outputs depend on future frames (see the message).
-    """
+    """One audio stream: push chunks of any size, get the frames each completed. `model` (a
+    unidirectional LSTM, put in eval mode; else `NotStreamableError`) runs `max_frames_per_step`
+    frames at most at once (bounds memory, not the result); `fused` runs the compiled `FrameStep`
+    where it applies (a float model on the CPU, else `SpeechClassifier.infer`), same result."""
 
     def __init__(
         self, model: SpeechClassifier, max_frames_per_step: int = 1000, fused: bool = True
@@ -114,8 +88,7 @@ class Streamer:
         # on the model's device, where `SpeechClassifier.infer` carries it from chunk to chunk
         state = self.model.head.initial_state()
         self._state: StreamState = tuple(t.to(self._device) for t in state)
-        self.frames_done = 0
-        self.samples_seen = 0
+        self.frames_done = self.samples_seen = 0
 
     def frame_end_time(self, frame: int | Tensor | np.ndarray) -> float | Tensor | np.ndarray:
         """Time in seconds of the last sample that frame index `frame` covers (its end)."""
@@ -140,8 +113,7 @@ class Streamer:
             posts.append(p)
             start += n * self.hop
         self.frames_done += n_frames
-        # Keep everything from the next frame's first sample on: the STFT overlap, and any
-        # samples that did not yet fill a frame. A long chunk is copied out of, so that its
+        # Keep the samples from the next frame's first on. Copy out of a long chunk so that its
         # storage can be freed; a short one stays referenced (next call's cat copies it).
         rest = pending[start:]
         self._pending = rest.clone() if pending.shape[0] > 4 * self.n_fft else rest
@@ -174,13 +146,3 @@ def stream_posteriors(
     chunks = range(0, len(samples), chunk_samples)
     posts = [streamer.push(samples[i : i + chunk_samples]).posteriors for i in chunks]
     return torch.cat(posts) if posts else torch.zeros(0, streamer.num_classes)
-
-
-__all__ = [
-    "NotStreamableError",
-    "StreamStep",
-    "Streamer",
-    "check_streamable",
-    "offline_posteriors",
-    "stream_posteriors",
-]

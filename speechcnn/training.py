@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 
 import pytorch_lightning as pl
@@ -19,23 +20,18 @@ from speechcnn.model import ClassifierConfig, SpeechClassifier, build_classifier
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 
-
-# What checkpoints once kept among the network's settings and now `augment` holds.
+# Augmentation settings that a checkpoint's `net` may hold: they change no trained weight's use.
 TRAINING_ONLY = ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width", "freq_warp",
                  "spectral_eq_db")  # fmt: skip
 
 
 def config_from_dict(net: dict) -> ClassifierConfig:
-    """The ClassifierConfig of a checkpoint's `net` hyperparameters.
-
-    Raises:
-        ValueError: they name a field ClassifierConfig does not have (a checkpoint of another
-            architecture).
-    """
+    """The ClassifierConfig of a checkpoint's `net` hyperparameters; ValueError if they name a
+    field it does not have (a checkpoint of another architecture)."""
     net = dict(net)
     if net.get("members", 1) == 1:
         net.pop("members", None)  # `members: 1` records a single model
-    for name in TRAINING_ONLY:  # augmentation settings, which change no trained weight's use
+    for name in TRAINING_ONLY:
         net.pop(name, None)
     fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
     unknown = sorted(set(net) - fields)
@@ -57,16 +53,11 @@ class SpeechClassifierModule(pl.LightningModule):
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
         label_smoothing: cross-entropy label smoothing.
-        schedule: "onecycle" (warm-up then cosine decay, per step), "cosine" (linear warm-up
-            then cosine decay, per step) or "constant".
+        schedule: "onecycle" (OneCycleLR), "cosine" (linear warm-up, cosine decay) or "constant".
         warmup_fraction: fraction of the training steps spent warming up.
-        compile: `torch.compile` the CNN front end, where the training step spends its time
-            (opt-in: compiling takes a while; state-dict keys are unchanged).
-        ema_decay: keep an exponential moving average of the weights with this decay (0: off);
-            validation, testing, prediction and `load_classifier` then use the average.
-        augment: what training changes in each clip (an AugmentConfig, or its fields as a
-            dict): speed, time shift, level, background noise from the data module, mixup,
-            frequency warping, random equalisation and SpecAugment (`speechcnn.augment`).
+        compile: `torch.compile` the CNN front end, where the training step spends its time.
+        ema_decay: evaluate and deploy a moving average of the weights with this decay (0: off).
+        augment: what training changes in each clip (an AugmentConfig, or its fields as a dict).
     """
 
     def __init__(
@@ -109,14 +100,10 @@ class SpeechClassifierModule(pl.LightningModule):
             # Module.compile compiles in place: parameter names (and checkpoints) stay as they are.
             self.model.frontend.compile()
         k = len(class_names)
-        self.acc = torch.nn.ModuleDict(
-            {
-                # validate_args=False: the argument checks synchronise with the GPU on every
-                # step; the data modules' labels are in range by construction.
-                f"{stage}_acc": MulticlassAccuracy(k, average="micro", validate_args=False)
-                for stage in ("train", "val", "test")
-            }
-        )
+        # validate_args=False: the argument checks synchronise with the GPU on every step; the
+        # data modules' labels are in range by construction.
+        metric = functools.partial(MulticlassAccuracy, k, average="micro", validate_args=False)
+        self.acc = torch.nn.ModuleDict({f"{s}_acc": metric() for s in ("train", "val", "test")})
         self.test_confusion = MulticlassConfusionMatrix(k)
 
     @property
@@ -142,32 +129,15 @@ class SpeechClassifierModule(pl.LightningModule):
             waveforms, lengths, targets = self.augment.mixup(waveforms, lengths, labels)
             features = self.augment.features(self.model.features, waveforms)
             logits = self.model.classify_features(features, self.model.frame_lengths(lengths))
-            smoothing = self.hparams.label_smoothing
-            loss = sum(
-                weight * F.cross_entropy(logits, target, label_smoothing=smoothing)
-                for target, weight in targets
-            )
+            smooth = self.hparams.label_smoothing
+            loss = sum(w * F.cross_entropy(logits, t, label_smoothing=smooth) for t, w in targets)
         preds = logits.argmax(dim=-1)
         accuracy = self.acc[f"{stage}_acc"]
         accuracy(preds, labels)
         on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(labels),
-            sync_dist=not on_step,
-        )
-        self.log(
-            f"{stage}/acc",
-            accuracy,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(labels),
-        )
+        logged = dict(on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{stage}/loss", loss, on_step=on_step, sync_dist=not on_step, **logged)
+        self.log(f"{stage}/acc", accuracy, on_step=False, **logged)
         if stage == "test":
             self.test_confusion.update(preds, labels)
         return loss
@@ -213,37 +183,26 @@ class SpeechClassifierModule(pl.LightningModule):
         for param in self.model.parameters():
             # Norm scales and biases are not weights to shrink.
             (no_decay if param.ndim <= 1 else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": hp.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=hp.lr,
-        )
+        groups = [(decay, hp.weight_decay), (no_decay, 0.0)]
+        optimizer = torch.optim.AdamW([dict(params=p, weight_decay=w) for p, w in groups], lr=hp.lr)
         if hp.schedule == "constant":
             return {"optimizer": optimizer}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(total * hp.warmup_fraction))
+
+        def warmup_cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
         # OneCycleLR needs at least two steps in each of its phases; very short runs (tests,
         # smoke runs) take the equivalent warm-up/cosine schedule instead.
         if hp.schedule == "onecycle" and 2 <= warmup <= total - 2:
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=hp.lr,
-                total_steps=total,
-                pct_start=warmup / total,
-                anneal_strategy="cos",
+                optimizer, hp.lr, total_steps=total, pct_start=warmup / total, anneal_strategy="cos"
             )
         else:
-
-            def warmup_cosine(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / warmup
-                progress = min(1.0, (step - warmup) / max(1, total - warmup))
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

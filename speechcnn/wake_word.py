@@ -1,18 +1,18 @@
 """A wake-word detector's threshold, chosen for a false-alarm budget, and its DET curve.
 
-Two streams measure a detector as `speechcnn spot` runs it: a long negative stream (other
-speech joined by gaps of background noise, no phrase in it) counts false alarms per hour, and
-a positive stream (the phrase's recordings joined the same way) counts the recordings found.
-The threshold is the lowest whose false alarms on the validation streams stay within the
-budget; it is stored in the checkpoint (`calibration`), which `spot` and `listen` then use.
-The test streams give the miss rate at each rate of false alarms: the DET curve.
+Run as `speechcnn spot` runs it, the detector counts false alarms per hour on a long stream of
+other speech joined by gaps of noise, and the recordings it finds in a stream of the phrase's.
+The threshold, the lowest within the budget on the validation streams, is stored in the
+checkpoint (`calibration`) for `spot` and `listen`; the test streams give the DET curve.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,23 +32,13 @@ def detection_ends(
     track: PosteriorTrack, class_names: list[str], config: SpotConfig, thresholds: np.ndarray
 ) -> list[np.ndarray]:
     """End times in seconds of the detections at each threshold, exactly as `spot` finds them."""
-    return [
-        np.array(
-            [
-                d.end
-                for d in detect(track, class_names, dataclasses.replace(config, threshold=float(t)))
-            ]
-        )
-        for t in thresholds
-    ]
+    configs = [dataclasses.replace(config, threshold=float(t)) for t in thresholds]
+    return [np.array([d.end for d in detect(track, class_names, c)]) for c in configs]
 
 
 def found(ends: np.ndarray, spans: np.ndarray, late_s: float) -> np.ndarray:
     """(N,) whether a detection ends within each recording, or up to `late_s` after it."""
-    if len(ends) == 0:
-        return np.zeros(len(spans), dtype=bool)
-    # (N, D): detection d ends within recording n's span
-    inside = (ends[None, :] >= spans[:, :1]) & (ends[None, :] <= spans[:, 1:] + late_s)
+    inside = (ends[None, :] >= spans[:, :1]) & (ends[None, :] <= spans[:, 1:] + late_s)  # (N, D)
     return inside.any(axis=1)
 
 
@@ -62,23 +52,15 @@ def det_curve(
     config: SpotConfig,
     seed: int = 0,
 ) -> dict:
-    """False alarms per hour and recall at each threshold of `THRESHOLDS`.
-
-    Returns:
-        A dict of plain values: thresholds, fa_per_hour and recall (one per threshold),
-        negative_hours and positives (the recordings of the positive stream).
-    """
+    """False alarms per hour and recall at each of `THRESHOLDS`, as a dict of plain values."""
     rate = model.features.sample_rate
     rng = np.random.default_rng(seed)
     positive_stream, spans = join_with_gaps(positives, noise, rate, rng)
     negative_stream, _ = join_with_gaps(negatives, noise, rate, rng, MIN_NEGATIVE_HOURS * 3600)
     hours = len(negative_stream) / rate / 3600
-    model = model.eval()
-    false_alarms = detection_ends(
-        posterior_track(model, negative_stream, config), class_names, config, THRESHOLDS
-    )
-    hits = detection_ends(
-        posterior_track(model, positive_stream, config), class_names, config, THRESHOLDS
+    false_alarms, hits = (
+        detection_ends(posterior_track(model.eval(), s, config), class_names, config, THRESHOLDS)
+        for s in (negative_stream, positive_stream)
     )
     return {
         "thresholds": [round(float(t), 7) for t in THRESHOLDS],
@@ -90,12 +72,9 @@ def det_curve(
 
 
 def threshold_for(curve: dict, budget: float) -> float:
-    """The lowest threshold whose false alarms per hour stay within `budget` (the highest
-    threshold when none does)."""
-    within = [
-        t for t, fa in zip(curve["thresholds"], curve["fa_per_hour"], strict=True) if fa <= budget
-    ]
-    return min(within) if within else max(curve["thresholds"])
+    """The lowest threshold with at most `budget` false alarms per hour (else the highest)."""
+    pairs = zip(curve["thresholds"], curve["fa_per_hour"], strict=True)
+    return min((t for t, fa in pairs if fa <= budget), default=max(curve["thresholds"]))
 
 
 def recall_at(curve: dict, fa_per_hour: float) -> float:
@@ -120,10 +99,9 @@ def plot_det(curve: dict, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     fa = np.maximum(np.array(curve["fa_per_hour"]), 1e-2)  # none at all drawn at 0.01
     ax.plot(fa, 100 * (1 - np.array(curve["recall"])), marker=".")
-    ax.set_xscale("log")
+    ax.set(xscale="log", title=title)
     ax.set_xlabel(f"false alarms per hour ({curve['negative_hours']:.2f} h of negatives)")
     ax.set_ylabel(f"miss rate (%) of {curve['positives']} recordings")
-    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -132,10 +110,8 @@ def plot_det(curve: dict, path: Path, title: str) -> None:
 
 def store_calibration(checkpoint: str | Path, calibration: dict) -> None:
     """Write `calibration` (plain values) into a checkpoint, atomically."""
-    saved = load_checkpoint(checkpoint)
-    saved["calibration"] = calibration
     tmp = Path(f"{checkpoint}.tmp")
-    torch.save(saved, tmp)
+    torch.save({**load_checkpoint(checkpoint), "calibration": calibration}, tmp)
     os.replace(tmp, checkpoint)
 
 
@@ -165,12 +141,8 @@ def calibrate_and_test(
     threshold = threshold_for(validation, budget_fa_per_hour)
     eval_roots = data.eval_negative_roots
     # Speech the training never saw is used whole; else the held-out share of the negatives.
-    eval_files = (
-        [f for split in SPLITS for f in data.negative_files(split, eval_roots)]
-        if eval_roots
-        else data.negative_files("test")
-    )
-    test = curve("test", eval_files)
+    splits = SPLITS if eval_roots else ("test",)
+    test = curve("test", [f for split in splits for f in data.negative_files(split, eval_roots)])
     calibration = {
         "threshold": threshold,
         "budget_fa_per_hour": budget_fa_per_hour,
@@ -199,9 +171,6 @@ def calibrate_and_test(
 def run_wake_word(config: str | Path, argv: list[str]) -> dict:
     """The wake-word recipe: `run_recipe`, then `calibrate_and_test` on its tested checkpoint.
     `--budget_fa_per_hour X` (default 1) is the recipe's own option; the rest is the CLI's."""
-    import argparse
-    import warnings
-
     from speechcnn.classify import load_classifier
     from speechcnn.cli import SpeechCNNCLI
     from speechcnn.recipe import run_recipe
@@ -223,8 +192,7 @@ def run_wake_word(config: str | Path, argv: list[str]) -> dict:
     summary = calibrate_and_test(
         loaded.model, loaded.class_names, data, checkpoint, run_dir, own.budget_fa_per_hour
     )
-    summary["test_accuracy"] = metrics.get("test_accuracy")
-    summary["train_seconds"] = metrics.get("train_seconds")
+    summary |= {key: metrics.get(key) for key in ("test_accuracy", "train_seconds")}
     print(json.dumps(summary), flush=True)
     return summary
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from fakes import write_wav
 
+from speechcnn.model import ClassifierConfig, build_classifier
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = """\
 trainer:
@@ -117,3 +119,28 @@ def test_cross_validation_trains_every_fold(accuracy, speech_commands_root, tmp_
     assert "2-fold CV (± s.e.)" in printed and "official_silence recall" in printed
     runs = sorted((tmp_path / "cv" / "tiny").glob("k2-seed0-fold*-seed0-*/result.json"))
     assert [json.loads(r.read_text())["fold"] for r in runs] == ["fold0", "fold1"]
+
+
+def test_multiply_accumulates_counted_by_hand(accuracy):
+    config = ClassifierConfig(
+        n_mels=16, win_ms=25.0, hop_ms=10.0, cnn_channels=(4, 8), cnn_kernels=(3, 3),
+        cnn_pools=(2, 2), lstm_hidden=16, lstm_layers=1, pooling="attention",
+    )  # fmt: skip
+    model = build_classifier(config, num_classes=12)
+    frames = (16000 - 400) // 160 + 1  # 98
+    expected = (
+        frames
+        * (
+            2 * 400 * 9  # FFT of 400 samples
+            + 201 * 16  # mel filterbank
+            + 4 * 16 * 3  # conv 1: 4 channels x 16 bins, 1 x 3 taps each
+            + 8 * 8 * 4 * 3  # conv 2: 8 channels x 8 bins, 4 x 3 taps each
+            + 4 * 16 * (8 * 4 + 16)  # LSTM gates: input 8 channels x 4 bins, hidden 16
+            + 16  # attention score
+        )
+        + 12 * 16
+    )  # classifier, once per clip
+    assert accuracy.multiply_accumulates(model, seconds=1.0) == expected
+    assert model.training  # left as it was
+    with pytest.raises(ValueError, match="0.01 s"):
+        accuracy.multiply_accumulates(model, seconds=0.01)

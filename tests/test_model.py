@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from speechcnn.model import ClassifierConfig, LSTMHead, build_classifier, multiply_accumulates
+from speechcnn.model import ClassifierConfig, LSTMHead, build_classifier
 
 TINY = ClassifierConfig(
     n_mels=16,
@@ -71,28 +71,3 @@ def test_model_modules_do_not_import_lightning():
 def test_head_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         LSTMHead(**{"in_features": 8, "num_classes": 3, **kwargs})
-
-
-def test_multiply_accumulates_counted_by_hand():
-    config = ClassifierConfig(
-        n_mels=16, win_ms=25.0, hop_ms=10.0, cnn_channels=(4, 8), cnn_kernels=(3, 3),
-        cnn_pools=(2, 2), lstm_hidden=16, lstm_layers=1, pooling="attention",
-    )  # fmt: skip
-    model = build_classifier(config, num_classes=12)
-    frames = (16000 - 400) // 160 + 1  # 98
-    expected = (
-        frames
-        * (
-            2 * 400 * 9  # FFT of 400 samples
-            + 201 * 16  # mel filterbank
-            + 4 * 16 * 3  # conv 1: 4 channels x 16 bins, 1 x 3 taps each
-            + 8 * 8 * 4 * 3  # conv 2: 8 channels x 8 bins, 4 x 3 taps each
-            + 4 * 16 * (8 * 4 + 16)  # LSTM gates: input 8 channels x 4 bins, hidden 16
-            + 16  # attention score
-        )
-        + 12 * 16
-    )  # classifier, once per clip
-    assert multiply_accumulates(model, seconds=1.0) == expected
-    assert model.training  # left as it was
-    with pytest.raises(ValueError, match="0.01 s"):
-        multiply_accumulates(model, seconds=0.01)

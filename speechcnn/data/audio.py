@@ -13,8 +13,7 @@ class AudioError(ValueError):
 
 
 def wav_files(folder: str | Path) -> list[Path]:
-    """The .wav files directly in `folder`, sorted, whatever the case of the suffix (.WAV, .Wav:
-    recorders and other operating systems write them so)."""
+    """The .wav files directly in `folder`, sorted, whatever the case of the suffix (.WAV)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -22,13 +21,8 @@ def wav_files(folder: str | Path) -> list[Path]:
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None) -> np.ndarray:
-    """Decode an audio file to mono float32 in [-1, 1], resampled to `sample_rate` if given.
-
-    Any format libsndfile reads (WAV, FLAC, OGG, ...); several channels are averaged.
-
-    Raises:
-        AudioError: the file is missing, cannot be decoded, is empty, or holds NaN/inf samples.
-    """
+    """Decode any format libsndfile reads to mono float32 in [-1, 1] (channels averaged),
+    resampled to `sample_rate` if given; AudioError says why a file is unusable."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")

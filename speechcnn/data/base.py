@@ -3,8 +3,7 @@ resident on the training device, and the data check.
 
 A data set subclasses `ClipDataModule` and supplies only what is its own: the files of each
 split (`split_items`), clips it makes itself (`extra_clips`, e.g. silence), background noise
-that training mixes into its clips (`noise`, read by `speechcnn.augment` through the
-LightningModule) and the check of its files (`data_check`).
+for training (`noise`, read by `speechcnn.augment`) and the check of its files (`data_check`).
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from speechcnn.data.check import CheckReport
 from speechcnn.data.clips import (
     Batch,
     ClipSet,
+    Extra,
+    Items,
     ResidentBatches,
     decode_clips,
     make_loader,
@@ -31,9 +32,6 @@ from speechcnn.data.store import cached_clips, default_cache_dir
 
 log = logging.getLogger(__name__)
 
-Items = list[tuple[Path, int]]
-Extra = list[tuple[np.ndarray, int, str]]
-
 
 class ClipDataModule(pl.LightningDataModule):
     """Labelled clips of train/val/test splits, decoded once and batched on the device.
@@ -42,22 +40,16 @@ class ClipDataModule(pl.LightningDataModule):
         root: the data folder (also where the waveform store lives by default).
         class_names: class names in label order.
         sample_rate: sample rate the model sees (clips at other rates are resampled).
-        num_samples: pad/trim every clip to this length; None: each clip keeps its own length
-            within [min_samples, max_samples], and a batch is cut to its longest clip.
+        num_samples: pad/trim every clip to this length (None: each keeps its own length).
         max_samples: with num_samples None, longer clips are cut to this length (None: whole).
         min_samples: with num_samples None, shorter clips count as zero-padded to this length.
         batch_size: clips per batch.
         num_workers: DataLoader workers (clips are already decoded in memory: 0 is fastest).
-        seed: seed of the order of device-resident training batches (and of a data set's
-            own random choices).
-        cache: decode every clip once into the waveform store (speechcnn.data.store) and
-            memory-map it on later runs; a changed data set is re-cached.
-        cache_dir: where the store lives (None: `<root>/.speechcnn_cache` when the root is
-            writable, else `~/.cache/speechcnn/...`).
-        resident: keep each split on the training device and select batches there (True),
-            use the per-item DataLoader (False), or choose by free device memory (None).
-        check: run the data check (cached; see `speechcnn check-data`) before decoding; leave
-            out the files it finds unusable.
+        seed: seed of the training batch order (and of a data set's own random choices).
+        cache: decode every clip once into the waveform store and memory-map it on later runs.
+        cache_dir: store folder (None: `<root>/.speechcnn_cache`, or ~/.cache/speechcnn/...).
+        resident: keep splits on the training device (True), use a DataLoader (False) or choose.
+        check: run the data check (`speechcnn check-data`) first and leave out unusable files.
     """
 
     name = "clips"  # waveform store entries are named `<name>-<split>`
@@ -137,8 +129,7 @@ class ClipDataModule(pl.LightningDataModule):
         items = self.split_items(split)
         skipped = self.check_report.unusable_in([str(p) for p, _ in items]) if self.unusable else []
         items = [(path, label) for path, label in items if str(path) not in self.unusable]
-        extra = self.extra_clips(split)
-        decode = (items, self.sample_rate, self.num_samples)
+        decode, extra = (items, self.sample_rate, self.num_samples), self.extra_clips(split)
         if self.cache:
             clips = cached_clips(*decode, self.store_dir(), self.entry_name(split), extra=extra)
         else:
@@ -201,7 +192,6 @@ class ClipDataModule(pl.LightningDataModule):
     predict_dataloader = test_dataloader
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """Float conversion on the batch's device (training's changes are the model's:
-        `speechcnn.augment`)."""
+        """Float conversion on the batch's device (augmentation is the model's)."""
         waveforms, lengths, labels = batch
         return to_float(waveforms), lengths, labels

@@ -1,15 +1,10 @@
 """Data check: find every bad audio file and split-list problem before training.
 
-Each file is decoded once and its facts (sample rate, channels, frames, header frames, empty,
-all-zero, non-finite, or the decoding error) are cached by path, size and modification time,
-so a rerun only looks at files that changed. Problems are derived from the facts:
-
-- unusable, skipped by training: unreadable, truncated (a WAV whose data chunk is cut short),
-  empty, all-zero (silent) and NaN/infinite samples;
-- fixed on load and counted: another sample rate (resampled), several channels (averaged),
-  much longer than expected (trimmed);
-- split lists: files listed but missing (ignored), files in both lists (kept in the first).
-
+Each file is decoded once and its facts (sample rate, channels, frames, header frames, all-zero,
+non-finite, or the decoding error) are cached by path, size and modification time, so a rerun
+only looks at files that changed. The problems derived from them are unusable (`UNUSABLE`,
+skipped by training; truncated: a WAV whose data chunk is cut short), fixed on load (`FIXABLE`)
+or in the split lists (`LIST_PROBLEMS`); `ACTIONS` says what is done about each.
 `speechcnn check-data ROOT` prints a summary table and writes a JSON report; the data modules
 run the same check (cached) before decoding.
 """
@@ -93,42 +88,32 @@ def problems_of(facts: dict, sample_rate: int, long_seconds: float | None) -> li
     """Problem kinds of a file's facts, unusable ones first."""
     if "error" in facts:
         return ["unreadable"]
-    found = []
-    if facts["declared_frames"] is not None and facts["frames"] < facts["declared_frames"]:
-        found.append("truncated")
-    if facts["frames"] == 0:
-        found.append("empty")
-    elif facts["non_finite"]:
-        found.append("non_finite")
-    elif facts["silent"]:
-        found.append("silent")
-    if facts["rate"] != sample_rate:
-        found.append("sample_rate")
-    if facts["channels"] > 1:
-        found.append("channels")
-    if long_seconds is not None and facts["frames"] > long_seconds * facts["rate"]:
-        found.append("too_long")
-    return found
+    frames, declared, non_finite = facts["frames"], facts["declared_frames"], facts["non_finite"]
+    found = {
+        "truncated": declared is not None and frames < declared,
+        "empty": frames == 0,
+        "non_finite": frames > 0 and non_finite,
+        "silent": frames > 0 and not non_finite and facts["silent"],
+        "sample_rate": facts["rate"] != sample_rate,
+        "channels": facts["channels"] > 1,
+        "too_long": long_seconds is not None and frames > long_seconds * facts["rate"],
+    }
+    return [kind for kind, present in found.items() if present]
 
 
 def describe(kind: str, facts: dict, sample_rate: int, long_seconds: float | None) -> str:
     """A human sentence for one problem of one file."""
-    if kind == "unreadable":
-        return f"cannot be decoded ({facts['error']})"
-    if kind == "truncated":
-        declared, held = facts["declared_frames"], facts["frames"]
-        return f"truncated: header declares {declared} frames, file holds {held}"
-    if kind == "sample_rate":
-        return f"sample rate {facts['rate']} Hz, expected {sample_rate} Hz"
-    if kind == "channels":
-        return f"{facts['channels']} channels, expected mono"
     if kind == "too_long":
         return f"{facts['frames'] / facts['rate']:.2f} s long, expected at most {long_seconds:g} s"
     return {
+        "unreadable": "cannot be decoded ({error})",
+        "truncated": "truncated: header declares {declared_frames} frames, file holds {frames}",
         "empty": "holds no samples",
         "silent": "all samples are zero",
         "non_finite": "holds NaN or infinite samples",
-    }[kind]
+        "sample_rate": "sample rate {rate} Hz, expected {expected} Hz",
+        "channels": "{channels} channels, expected mono",
+    }[kind].format(**facts, expected=sample_rate)
 
 
 @dataclass
@@ -170,8 +155,7 @@ class CheckReport:
         return sorted(p for p, entry in self.files.items() if kind in entry["problems"])
 
     def table(self, max_names: int = 20, per_kind: int = 3) -> str:
-        """Summary table: files per problem and what training does, the skipped files, then
-        the files fixed on load (the first `per_kind` of each kind; all in the JSON report)."""
+        """Summary table: files per problem and what training does, then the first files of each."""
         counts = self.counts()
         lines = [
             f"data check of {self.root}: {self.checked} files, expected {self.sample_rate} Hz mono"
@@ -181,8 +165,7 @@ class CheckReport:
         ]
         if skipped := sorted(self.unusable_paths()):
             lines.append(f"skipped files ({len(skipped)}):")
-            rows = [f"  {p}: {'; '.join(self.files[p]['details'])}" for p in skipped]
-            lines += _first(rows, max_names)
+            lines += _first([f"  {row}" for row in self.unusable_in(skipped)], max_names)
         for kind in FIXABLE:
             if paths := self.paths_with(kind):
                 files = f"{len(paths)} file" + ("s" if len(paths) > 1 else "")
@@ -216,8 +199,7 @@ class CheckReport:
 
     def write_json(self, path: str | Path) -> Path:
         """Write the JSON report (atomically) and return its path."""
-        path = Path(path)
-        _atomic_write(path, json.dumps(self.to_json(), indent=2) + "\n")
+        _atomic_write(path := Path(path), json.dumps(self.to_json(), indent=2) + "\n")
         return path
 
     def log_summary(self) -> None:
@@ -248,11 +230,6 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _cache_path(root: str | Path, cache_dir: str | Path | None) -> Path:
-    digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
-    return Path(cache_dir or cache_home()) / "check" / f"{Path(root).name}-{digest}.json"
-
-
 def check_items(
     items: Sequence[tuple[str | Path, str, str]],
     root: str | Path,
@@ -264,22 +241,12 @@ def check_items(
     cache: bool = True,
     cache_dir: str | Path | None = None,
 ) -> CheckReport:
-    """Check (path, label, split) items; facts of unchanged files come from the cache.
-
-    Args:
-        items: the files a data module would decode.
-        root: the data folder (names the report and the cache file).
-        sample_rate: the rate training expects.
-        long_seconds: files longer than this are flagged (and trimmed on load); None: from
-            `max_samples` (the same limit in samples at `sample_rate`), if given.
-        missing_listed, split_overlap: split-list entries with no file, and files in several
-            split lists, found by the caller.
-        cache: read and update the facts cache (one that cannot be written is logged, skipped).
-        cache_dir: where the cache lives (default: `cache_home()`).
-    """
+    """Check (path, label, split) items, facts of unchanged files from the cache; files longer
+    than `long_seconds` (or `max_samples`) are flagged; the caller finds split-list problems."""
     if long_seconds is None and max_samples is not None:
         long_seconds = max_samples / sample_rate
-    cache_file = _cache_path(root, cache_dir)
+    digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    cache_file = Path(cache_dir or cache_home()) / "check" / f"{Path(root).name}-{digest}.json"
     try:
         data = json.loads(cache_file.read_text()) if cache else {}
     except (OSError, ValueError):

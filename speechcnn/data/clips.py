@@ -7,7 +7,7 @@ Every clip is decoded once into an int16 row of a (N, S) tensor. A batch is a ro
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -22,6 +22,9 @@ from speechcnn.data.audio import AudioError, fit_length, read_audio
 log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor, Tensor]  # (B, S) int16 or float waveforms, (B,) lengths, (B,) labels
+Items = Sequence[tuple[str | Path, int]]  # (path, label) of audio files
+Decoded = tuple[np.ndarray, int, str]  # float samples, label, path or name of a decoded clip
+Extra = Sequence[Decoded]  # already decoded clips a split gets besides its files, e.g. silence
 
 
 @dataclass
@@ -43,14 +46,9 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype(np.int16)
 
 
-def iter_decoded(
-    items: Iterable[tuple[str | Path, int]], sample_rate: int, skipped: list[str]
-) -> Iterator[tuple[np.ndarray, int, str]]:
-    """Decode (path, label) items one at a time as (float samples, label, path).
-
-    Files that cannot be used are logged with the reason, appended to `skipped` and left out,
-    never raised.
-    """
+def iter_decoded(items: Items, sample_rate: int, skipped: list[str]) -> Iterator[Decoded]:
+    """Decode (path, label) items one at a time; unusable files are logged, appended to
+    `skipped` ("path: reason") and left out, never raised."""
     for path, label in items:
         try:
             samples = read_audio(path, sample_rate)
@@ -62,19 +60,10 @@ def iter_decoded(
 
 
 def decode_clips(
-    items: Sequence[tuple[str | Path, int]],
-    sample_rate: int,
-    num_samples: int | None,
-    extra: Sequence[tuple[np.ndarray, int, str]] = (),
+    items: Items, sample_rate: int, num_samples: int | None, extra: Extra = ()
 ) -> ClipSet:
-    """Decode (path, label) items into a ClipSet; unusable files are left out (`iter_decoded`).
-
-    Args:
-        items: audio files and their labels.
-        sample_rate: target sample rate; other rates are resampled.
-        num_samples: pad/trim every clip to this length (None: pad to the longest clip).
-        extra: already decoded (float samples, label, name) clips to append, e.g. silence.
-    """
+    """Decode items (resampled to `sample_rate`) and append `extra` into a ClipSet, every clip
+    padded/trimmed to `num_samples` (None: padded to the longest); unusable files left out."""
     skipped: list[str] = []
     decoded = list(chain(iter_decoded(items, sample_rate, skipped), extra))
     lengths = [len(s) if num_samples is None else min(len(s), num_samples) for s, _, _ in decoded]
@@ -106,25 +95,16 @@ class ClipDataset(TensorDataset):
 
 def to_float(waveforms: Tensor) -> Tensor:
     """int16 waveforms to float32 in [-1, 1]; float input is returned unchanged."""
-    if waveforms.dtype == torch.int16:
-        return waveforms.float() / 32768.0
-    return waveforms
+    return waveforms.float() / 32768.0 if waveforms.dtype == torch.int16 else waveforms
 
 
 class ShardedBatchSampler:
-    """Index batches of one rank's shard of a split, reshuffled every epoch.
+    """Index batches of one rank's shard of a split, reshuffled every epoch (`set_epoch`).
 
-    All ranks draw the same permutation (seeded by `seed` and the epoch) and take every
-    `world_size`-th index from `rank`: disjoint shards. In training (`drop_last`) each rank gets
-    the same number of full batches, as DDP needs (every rank must run the same number of
-    steps); in evaluation each rank takes a contiguous chunk, and the chunks cover the split
-    with no index repeated or dropped.
-
-    With `lengths`, each shuffled window of `batch_size * window` clips is sorted by length
-    before it is cut into batches, and the batches are shuffled: a batch holds clips of similar
-    length, so trimming it to its longest clip leaves little padding (`drop_last` drops the
-    short last batch of each window). Lightning calls `set_epoch` every training epoch (it looks
-    for a `sampler` attribute on the loader).
+    All ranks draw the same permutation. With `drop_last` (training) every rank gets the same
+    number of full batches, as DDP needs; without, the ranks' chunks cover the split once. With
+    `lengths`, each shuffled window of `batch_size * window` clips is sorted by length before it
+    is cut and the batches are shuffled, so a batch trimmed to its longest clip has little padding.
     """
 
     def __init__(
@@ -146,15 +126,12 @@ class ShardedBatchSampler:
         if lengths is not None and len(lengths) != size:
             raise ValueError(f"lengths has {len(lengths)} entries for {size} clips")
         if not 0 <= rank < world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
-            )
+            raise ValueError(f"need 0 <= rank < world_size, got {rank=}, {world_size=}")
         self.size, self.batch_size = size, batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.lengths = lengths if shuffle else None  # evaluation keeps the split's order
-        self.window = window
-        self.epoch = 0
+        self.window, self.epoch = window, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -178,9 +155,8 @@ class ShardedBatchSampler:
             chunk = shard[first : first + span]
             if self.lengths is not None:
                 chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
-            batches += [
-                chunk[i : i + b] for i in range(0, len(chunk), b) if not drop or i + b <= len(chunk)
-            ]
+            starts = range(0, len(chunk) - b + 1 if drop else len(chunk), b)
+            batches += [chunk[i : i + b] for i in starts]
         if self.lengths is not None:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         return batches
@@ -193,14 +169,9 @@ class ShardedBatchSampler:
 
 
 class ResidentBatches:
-    """Batches selected from a ClipSet that lives on the training device.
-
-    The split is copied to `device` once, on the first iteration; a batch is then an index
-    selection there: (B, S) int16 waveforms, (B,) lengths, (B,) labels, all on `device`. A
-    plain iterable, not a DataLoader: Lightning passes it through unchanged (no
-    DistributedSampler: `sampler` already shards per rank) and moving its batches is a no-op.
-    With `trim`, a batch drops the padding columns past its longest clip (as `collate_trimmed`).
-    """
+    """Batches selected on the training device (the ClipSet is copied there once), with `trim`
+    cut to their longest clip. Not a DataLoader: Lightning passes it through unchanged (no
+    DistributedSampler: `sampler` already shards per rank)."""
 
     def __init__(
         self,
@@ -212,9 +183,7 @@ class ResidentBatches:
         if sampler.size != len(clips):
             raise ValueError(f"sampler covers {sampler.size} clips, the split has {len(clips)}")
         self.clips, self.sampler, self.trim = clips, sampler, trim
-        # Lightning reads these DataLoader attributes: `sampler` gets set_epoch, and there is
-        # no separate batch sampler (the sampler yields whole index batches).
-        self.batch_sampler = None
+        self.batch_sampler = None  # read by Lightning: `sampler` yields whole index batches
         self.device = torch.device(device)
         self._tensors: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -242,11 +211,8 @@ def split_nbytes(clips: ClipSet) -> int:
 
 
 def fits_on_device(nbytes: int, device: torch.device, fraction: float = 0.5) -> tuple[bool, str]:
-    """Whether a split of `nbytes` may live on `device`, and the reason in words.
-
-    On a CUDA device it may take up to `fraction` of the memory free now (the rest is for the
-    model's activations); on the CPU the split is in host memory (memory-mapped) already.
-    """
+    """Whether a split of `nbytes` may live on `device` (up to `fraction` of the free CUDA
+    memory: the rest is for the activations; on the CPU it is in host memory already), and why."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         ok = nbytes <= fraction * free
@@ -269,23 +235,9 @@ def make_loader(
     name: str = "split",
     trim: bool = False,
 ) -> ResidentBatches | DataLoader:
-    """A loader for one split: device-resident batches when the split fits, else a DataLoader.
-
-    Args:
-        clips: the split.
-        batch_size: clips per batch (per rank).
-        shuffle: training order (shuffled every epoch, full batches only).
-        device: the training device of this rank.
-        resident: True forces device-resident batches, False the per-item DataLoader, None
-            chooses by `fits_on_device`.
-        rank, world_size: this process's place in distributed training (resident batches
-            shard themselves; the DataLoader gets Lightning's DistributedSampler).
-        seed: shuffling seed of resident batches.
-        num_workers: DataLoader workers (the DataLoader path only).
-        name: the split's name for the log line.
-        trim: clips of differing lengths: training batches group similar lengths (see
-            `ShardedBatchSampler`) and every batch is cut to its longest clip.
-    """
+    """A loader for one split: device-resident batches when the split fits (`resident` None;
+    True or False forces the choice), else a DataLoader. `shuffle`: training order, full batches
+    only. `trim`: batches group clips of similar length and are cut to their longest clip."""
     device = torch.device(device)
     fits, why = fits_on_device(split_nbytes(clips), device)
     use_resident = fits if resident is None else resident

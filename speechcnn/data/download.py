@@ -1,11 +1,10 @@
 """Fetching and unpacking data set archives safely: resumable, verified, atomic.
 
-`download_file` streams a URL into `<dest>.part`, resuming a partial file with an HTTP Range
-request (also after a connection cut mid-way, up to `retries` times), checks the sha256 of the
-whole file, and only then renames it to `dest`: a file at `dest` is always complete and
-verified. `extract_tar` checks every member before writing anything (no absolute paths, no
-`..`, no links or devices pointing out of the target), extracts into a hidden sibling folder
-and renames that into place, so a failed extraction never leaves a half-filled target.
+`download_file` streams a URL into `<dest>.part`, resuming it with an HTTP Range request (also
+after a connection cut mid-way, up to `retries` times), checks the sha256 of the whole file and
+only then renames it to `dest`: a file at `dest` is always complete and verified. `extract_tar`
+checks every member first (no absolute paths, no `..`, no links or devices pointing out of the
+target) and extracts into a hidden sibling folder renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -35,15 +34,9 @@ class DownloadError(RuntimeError):
 def may_download(
     target: str | Path, download: bool | None, default: str | Path | None = None
 ) -> bool:
-    """Whether a data folder `target` that is missing may be fetched from the internet.
-
-    `download=True` asks for it; `download=False` never fetches; `download=None` (the data
-    modules' default) fetches only into `default`, the documented location: a mistyped
-    `--data.root` must fail with "does not exist", not start a 2.3 GB download next to the typo.
-
-    Raises:
-        ValueError: `download` is not True, False or None.
-    """
+    """Whether a missing data folder `target` may be fetched: `download` True or False says so;
+    None (the data modules' default) only into `default`, the documented location: a mistyped
+    `--data.root` must fail with "does not exist", not start a 2.3 GB download next to it."""
     if download is not None and not isinstance(download, bool):
         raise ValueError(f"download must be true, false or null, got {download!r}")
     if download is not None:
@@ -112,14 +105,8 @@ def download_file(
     show_progress: bool = True,
 ) -> Path:
     """Download `url` to `dest`, resuming `<dest>.part`, verifying `sha256`, moving atomically.
-
-    An existing `dest` with the right checksum is reused. A part file whose checksum turns out
-    wrong is deleted (resuming it again could never succeed).
-
-    Raises:
-        DownloadError: the URL cannot be reached after `retries` resumptions, or the checksum
-            differs; the message names the URL and how to use a local copy instead.
-    """
+    An existing `dest` with the right checksum is reused; a part file with the wrong one is
+    deleted (resuming it again could never succeed)."""
     dest = Path(dest)
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
@@ -144,14 +131,12 @@ def download_file(
             "or extract it yourself and point --data.root at the folder, or set --data.url to "
             "a mirror (file:///path/to/archive.tar.gz works too)."
         ) from last_error
-    if sha256 is not None:
-        actual = sha256_of(part)
-        if actual != sha256:
-            part.unlink()
-            raise DownloadError(
-                f"{url}: downloaded file has sha256 {actual}, expected {sha256}; deleted it. "
-                "The mirror or the download is corrupt: retry, or use another --data.url."
-            )
+    if sha256 is not None and (actual := sha256_of(part)) != sha256:
+        part.unlink()
+        raise DownloadError(
+            f"{url}: downloaded file has sha256 {actual}, expected {sha256}; deleted it. "
+            "The mirror or the download is corrupt: retry, or use another --data.url."
+        )
     os.replace(part, dest)  # atomic on one file system: dest is never a partial file
     return dest
 
@@ -180,15 +165,8 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
 
 
 def extract_tar(archive: str | Path, target: str | Path) -> Path:
-    """Extract a (compressed) tar archive into the new folder `target`, safely and atomically.
-
-    Every member is checked first; one unsafe member refuses the whole archive and nothing is
-    written. Extraction goes to a hidden sibling folder, renamed to `target` when complete.
-
-    Raises:
-        DownloadError: the archive is unreadable or holds an unsafe member (named, with why),
-            or `target` exists and is not empty.
-    """
+    """Extract a (compressed) tar archive into the new or empty folder `target`, safely and
+    atomically: one unsafe member refuses the whole archive, and nothing is written."""
     archive, target = Path(archive), Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise DownloadError(f"{target} already exists and is not empty; will not extract over it")
@@ -197,8 +175,7 @@ def extract_tar(archive: str | Path, target: str | Path) -> Path:
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            bad = [(m.name, why) for m in members if (why := _member_problem(m))]
-            if bad:
+            if bad := [(m.name, why) for m in members if (why := _member_problem(m))]:
                 shown = "; ".join(f"{name!r}: {why}" for name, why in bad[:5])
                 raise DownloadError(
                     f"refusing to extract {archive}: {len(bad)} unsafe member(s) ({shown})"
@@ -212,8 +189,7 @@ def extract_tar(archive: str | Path, target: str | Path) -> Path:
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DownloadError(f"cannot extract {archive}: {error}") from error
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # nothing is left once renamed into place
     return target
 
 
@@ -225,11 +201,8 @@ def fetch_and_extract(
     show_progress: bool = True,
     retries: int = 3,
 ) -> Path:
-    """Download the tar archive at `url` next to `target`, verify it, extract it to `target`.
-
-    The archive is kept as `<target parent>/<archive name>` until extraction succeeded (so a
-    failed extraction does not download again), then deleted unless `keep_archive`.
-    """
+    """Download the tar archive at `url` next to `target`, verify it, extract it to `target`;
+    the archive stays until extraction succeeded (no second download), or if `keep_archive`."""
     target = Path(target)
     name = PurePosixPath(urllib.request.urlparse(url).path).name or f"{target.name}.tar.gz"
     archive = target.parent / name

@@ -1,10 +1,9 @@
 """Any labelled audio as a data set: a folder with one sub-folder per class, or a CSV manifest.
 
 Clips may have any sample rate, channel count and length: they are resampled, downmixed and
-kept at their own length (a batch is padded to its longest clip and carries the lengths, which
-the model honours). Without a split in the manifest, each file goes to train/val/test by a hash
-of its path (or of a group key such as the speaker), so the split is deterministic and stays
-put when files are added.
+kept at their own length (a batch is cut to its longest clip and carries the lengths). Without
+a split in the manifest, a file's split is a hash of its path (or of a group key such as the
+speaker): deterministic, and stable when files are added.
 """
 
 from __future__ import annotations
@@ -65,11 +64,8 @@ def index_class_folders(root: str | Path) -> list[Item]:
 
 
 def index_manifest(manifest: str | Path, root: str | Path | None = None) -> list[Item]:
-    """Rows of a CSV manifest with a header `path,label[,split]`.
-
-    Paths are relative to `root` (default: the manifest's folder) unless absolute. Split values
-    are train/val/test (also training, valid, validation, dev, testing, eval); empty: by hash.
-    """
+    """Rows of a CSV manifest with a header `path,label[,split]`; relative paths are from `root`
+    (default: the manifest's folder), an empty split is decided by hash (`SPLIT_ALIASES`)."""
     manifest = Path(manifest)
     base = Path(root) if root is not None else manifest.parent
     if not manifest.is_file():
@@ -112,16 +108,13 @@ class LabelledAudioDataModule(ClipDataModule):
     Args:
         root: folder with one sub-folder per class (or the base of the manifest's paths).
         manifest: CSV file with columns path,label[,split]; replaces the folder scan.
-        classes: class names in label order (default: the sorted labels found); files of
-            other labels are left out.
+        classes: class names in label order, others left out (default: the sorted labels found).
         max_seconds: longer clips are cut to this length (None: keep every clip whole).
         min_seconds: shorter clips are zero-padded to this length, so every clip gives frames.
         val_percent: share of files (or groups) for validation when no split is given.
         test_percent: share of files (or groups) for testing when no split is given.
-        group_pattern: regular expression on the file name whose first group (or whole match)
-            is hashed instead of the path, so e.g. one speaker's files share a split.
-        noise_dir: a folder of background-noise recordings (any audio format) that training
-            mixes into clips (`model.augment`; None: no noise).
+        group_pattern: regex on file names: files with one first group (or match) share a split.
+        noise_dir: background-noise recordings that training mixes into clips (None: no noise).
         sample_rate, batch_size, num_workers, seed, cache, cache_dir, resident, check: as
             `ClipDataModule`'s.
     """
@@ -188,14 +181,12 @@ class LabelledAudioDataModule(ClipDataModule):
         """The split of an item: its own, else a hash of its group key or path."""
         if item.split is not None:
             return item.split
+        path, key = item.path, item.path.as_posix()  # whole, for a manifest path outside root
         if self.group_pattern is not None:
-            match = self.group_pattern.search(item.path.name)
-            key = item.path.name if match is None else match.group(1 if match.groups() else 0)
-        else:
-            try:
-                key = item.path.relative_to(self.root).as_posix()
-            except ValueError:  # a manifest path outside root
-                key = item.path.as_posix()
+            match = self.group_pattern.search(path.name)
+            key = path.name if match is None else match.group(1 if match.groups() else 0)
+        elif path.is_relative_to(self.root):
+            key = path.relative_to(self.root).as_posix()
         return hash_split(key, self.val_percent, self.test_percent)
 
     def split_items(self, split: str) -> Items:
@@ -203,11 +194,8 @@ class LabelledAudioDataModule(ClipDataModule):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         label_of = {name: i for i, name in enumerate(self.class_names)}
-        return [
-            (item.path, label_of[item.label])
-            for item in self.items
-            if item.label in label_of and self.split_of(item) == split
-        ]
+        items = [item for item in self.items if item.label in label_of]
+        return [(i.path, label_of[i.label]) for i in items if self.split_of(i) == split]
 
     def noise(self) -> list[np.ndarray]:
         """The recordings of `noise_dir` (none without it)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 from speechcnn.data.audio import wav_files
 from speechcnn.data.folder import FolderDataError, Item, LabelledAudioDataModule
@@ -40,8 +39,7 @@ class FSDDDataModule(LabelledAudioDataModule):
         val_takes: with split="takes", how many takes after the test takes are validation.
         test_speakers: with split="speakers", the speakers of the test set.
         sample_rate: sample rate the model sees (the recordings are 8 kHz).
-        **kwargs: the other `LabelledAudioDataModule` arguments (batch_size, max_seconds,
-            noise_dir, cache_dir, resident, ...).
+        **kwargs: the other `LabelledAudioDataModule` arguments (batch_size, max_seconds, ...).
     """
 
     name = "fsdd"
@@ -78,15 +76,14 @@ class FSDDDataModule(LabelledAudioDataModule):
                 )
 
     def index(self) -> list[Item]:
-        root = Path(self.root)
-        if not root.is_dir():
+        if not self.root.is_dir():
             raise FolderDataError(
-                f"FSDD folder {root} does not exist: clone "
+                f"FSDD folder {self.root} does not exist: clone "
                 "https://github.com/Jakobovski/free-spoken-digit-dataset and point --data.root "
                 "at its recordings/ folder"
             )
         items, strangers = [], []
-        for path in wav_files(root):
+        for path in wav_files(self.root):
             if (parsed := parse_fsdd_name(path.name)) is None:
                 strangers.append(path.name)
             else:
@@ -94,9 +91,9 @@ class FSDDDataModule(LabelledAudioDataModule):
                 items.append(Item(path, digit, self._split(speaker, take)))
         if strangers:
             log.warning("%d files in %s are not named {digit}_{speaker}_{take}.wav and are left "
-                        "out, e.g. %s", len(strangers), root, strangers[:3])  # fmt: skip
+                        "out, e.g. %s", len(strangers), self.root, strangers[:3])  # fmt: skip
         if not items:
-            raise FolderDataError(f"{root} holds no {{digit}}_{{speaker}}_{{take}}.wav files")
+            raise FolderDataError(f"{self.root} holds no {{digit}}_{{speaker}}_{{take}}.wav files")
         return items
 
     def _split(self, speaker: str, take: int) -> str:

@@ -32,8 +32,7 @@ def detect_layout(root: Path) -> str:
 
 
 def check_layout(layout: str, root: Path, args: argparse.Namespace) -> CheckReport:
-    """The data check of `root` read as `layout`; a DataError or FolderDataError says why the
-    folder is not in that layout."""
+    """The data check of `root` read as `layout` (DataError, FolderDataError: it is not)."""
     rate, seconds = args.sample_rate or (8000 if layout == "fsdd" else 16000), args.max_seconds
     kwargs = {"root": str(root), "sample_rate": rate, "check": False, "cache_dir": args.cache_dir}
     if layout == "speech_commands":  # its check flags clips longer than 1.5 clip lengths
@@ -51,10 +50,8 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`speechcnn check-data ROOT`: print the summary table, write the JSON report.
-
-    Exits with status 1 when files are unusable or the split lists have problems.
-    """
+    """`speechcnn check-data ROOT`: print the summary table, write the JSON report; exit 1
+    when files are unusable or the split lists have problems."""
     parser = argparse.ArgumentParser(
         prog="speechcnn check-data",
         description="Data check: find every bad audio file and split-list problem before training.",
@@ -75,10 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         what = "is a file, not a folder" if root.exists() else "does not exist"
         what = "is empty" if root.is_dir() else what
         _fail(f"{root} {what}: expected a data folder in one of the layouts {layouts}")
-    if args.manifest:
-        tried = ["folder"]
-    elif args.layout != "auto":
-        tried = [args.layout]
+    if args.manifest or args.layout != "auto":
+        tried = ["folder" if args.manifest else args.layout]
     else:  # the detected layout first, then the others: report why each one failed
         first = detect_layout(root)
         tried = [first, *(layout for layout in LAYOUTS if layout != first)]

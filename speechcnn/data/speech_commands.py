@@ -33,10 +33,9 @@ ALL_WORDS = (
 TASKS = ("12", "35")
 SPLITS = ("train", "val", "test")
 GET_DATA = (
-    "Download and extract speech_commands_v0.02.tar.gz "
-    "(http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz) and point --data.root "
-    "at the extracted folder, or pass --data.download true to fetch it there (2.3 GB); see "
-    "data/README.md"
+    f"Download and extract speech_commands_v0.02.tar.gz ({SPEECH_COMMANDS_URL}) and point "
+    "--data.root at the extracted folder, or pass --data.download true to fetch it there "
+    "(2.3 GB); see data/README.md"
 )
 DEFAULT_ROOT = "data/speech_commands_v0.02"
 
@@ -60,15 +59,8 @@ def read_split_list(path: Path) -> set[str]:
 def index_speech_commands(
     root: str | Path, split_lists: str | Path | None = None
 ) -> dict[str, list[tuple[str, str]]]:
-    """Word clips of each split as (relative path, word), by the official split rule.
-
-    Files named in validation_list.txt are validation, in testing_list.txt testing, and every
-    other clip in a word folder is training. The lists are `root`'s, or those in the folder
-    `split_lists` (other splits of the same clips, e.g. speaker-disjoint folds).
-
-    Raises:
-        DataError: the folder is missing or not in the v0.02 layout.
-    """
+    """Word clips of each split as (relative path, word) by validation_list.txt and
+    testing_list.txt (`root`'s, or those in the folder `split_lists`); the rest is training."""
     return _scan(Path(root), split_lists)[0]
 
 
@@ -149,7 +141,7 @@ def official_test_items(test_root: str | Path, names: list[str]) -> list[tuple[P
         raise DataError(
             f"{test_root} is not in the official 12-class test-set layout: expected folders "
             f"{names}, missing {missing}. Extract speech_commands_test_set_v0.02.tar.gz "
-            "(http://download.tensorflow.org/data/speech_commands_test_set_v0.02.tar.gz) there."
+            f"({TEST_SET_URL}) there."
         )
     # Unknown clips are named like backward_0c540988_nohash_0.wav.wav: match any *.wav.
     return [(p, label) for label, name in enumerate(names) for p in wav_files(test_root / name)]
@@ -162,10 +154,7 @@ def check_speech_commands(
     cache: bool = True,
     cache_dir: str | Path | None = None,
 ) -> CheckReport:
-    """Check a Speech Commands v0.02 folder: every word clip and both split lists.
-
-    Clips longer than 1.5 x clip_seconds are flagged as much longer than expected.
-    """
+    """Check every word clip (flagging those over 1.5 x clip_seconds) and both split lists."""
     root = Path(root)
     splits, missing, overlap = _scan(root)  # raises DataError naming what the layout lacks
     items = [(root / rel, word, split) for split, rows in splits.items() for rel, word in rows]
@@ -182,19 +171,13 @@ def ensure_speech_commands(
     test_url: str = TEST_SET_URL,
     show_progress: bool = True,
 ) -> None:
-    """Download and extract Speech Commands v0.02 into `root` (and the official 12-class test
-    set into `test_root`) unless a valid folder is already there.
-
-    Raises:
-        DownloadError: the download or extraction failed, or `root` exists, is not empty and is
-            not a v0.02 folder (it is never overwritten).
-    """
+    """Fetch Speech Commands v0.02 into `root` (and the official 12-class test set into
+    `test_root`) unless a valid folder is there; a non-empty invalid one is never overwritten."""
     # The checksums are looked up at call time, so a test can serve its own small archives.
     jobs = [(Path(root), url, SPEECH_COMMANDS_SHA256, index_speech_commands)]
     if test_root is not None:
-        names = class_names("12")
         jobs.append((Path(test_root), test_url, TEST_SET_SHA256,
-                     lambda p: official_test_items(p, names)))  # fmt: skip
+                     lambda p: official_test_items(p, class_names("12"))))  # fmt: skip
     for target, source, sha256, validate in jobs:
         try:
             validate(target)
@@ -212,27 +195,22 @@ def ensure_speech_commands(
 class SpeechCommandsDataModule(ClipDataModule):
     """Speech Commands v0.02 for the 12- or 35-class task.
 
-    12 classes: the 10 keywords, `_unknown_` (every other word, subsampled to about the size of
-    a keyword class) and `_silence_` (cut from `_background_noise_`, as many as a keyword
-    class). Clips are padded/trimmed to `clip_seconds`; `noise()` is `_background_noise_`,
-    which training mixes into its clips (`model.augment`).
+    12 classes: the 10 keywords, `_unknown_` (every other word, subsampled to the size of a
+    keyword class) and `_silence_` (as many, cut from `_background_noise_`, which training also
+    mixes into its clips). Clips are padded/trimmed to `clip_seconds`.
 
     Args:
         root: folder of the extracted speech_commands_v0.02 data set.
         task: "12" or "35".
         test_root: the extracted official 12-class test set, tested on instead of the test split.
         clip_seconds: clip length.
-        seed: seed of the unknown subsampling and the silence clips (and of the order of
-            device-resident training batches).
-        download: fetch and extract the data set into `root` (and, while fitting, the official
-            test set into `test_root`) when missing; None (default): only into the default
-            `root`, so a mistyped root is "does not exist". A valid folder is used as it is.
+        seed: seed of the unknown subsampling, the silence clips and the training batch order.
+        download: fetch a missing `root` (and, while fitting, `test_root`); None (default): only
+            into the default `root`, so a mistyped root is "does not exist".
         url: where speech_commands_v0.02.tar.gz comes from (a mirror works: sha256 checks it).
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
-        split_lists: a folder holding validation_list.txt and testing_list.txt to split the
-            clips by instead of root's (benchmarks/accuracy.py --folds writes such folders).
-        silence_rms: (low, high): training silence clips get an RMS drawn log-uniformly from
-            [low, high] (real rooms reach 0.3), not a volume in [0, 1] as validation and testing.
+        split_lists: a folder with validation_list.txt and testing_list.txt to use, not root's.
+        silence_rms: (low, high): training silence gets a log-uniform RMS in it, not a volume <= 1.
         sample_rate, batch_size, num_workers, cache, cache_dir, resident, check: as
             `ClipDataModule`'s.
     """
@@ -260,8 +238,7 @@ class SpeechCommandsDataModule(ClipDataModule):
         split_lists: str | None = None,
         silence_rms: tuple[float, float] | None = None,
     ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        names = class_names(task)  # a bad task fails first
         if test_root is not None and task != "12":
             raise ValueError(f"test_root holds the official 12-class test set; task is {task!r}")
         if silence_rms is not None and not 0 < silence_rms[0] <= silence_rms[1] <= 1:
@@ -272,7 +249,7 @@ class SpeechCommandsDataModule(ClipDataModule):
             raise ValueError(f"root must name the data set's folder, got {root!r}")
         may_download(root, download)  # a bad value fails here, not at prepare_data
         super().__init__(
-            root, class_names(task), sample_rate, round(sample_rate * clip_seconds),
+            root, names, sample_rate, round(sample_rate * clip_seconds),
             batch_size=batch_size, num_workers=num_workers, seed=seed, cache=cache,
             cache_dir=cache_dir, resident=resident, check=check,
         )  # fmt: skip
@@ -299,20 +276,18 @@ class SpeechCommandsDataModule(ClipDataModule):
         if self._index is None:
             self._index = index_speech_commands(self.root, self.split_lists)
         # Unusable files go before the unknown subsampling, which draws from what is left.
-        rows = [
-            (rel, w) for rel, w in self._index[split] if str(self.root / rel) not in self.unusable
-        ]
+        rows = [(self.root / rel, w) for rel, w in self._index[split]]
+        rows = [(path, w) for path, w in rows if str(path) not in self.unusable]
         label_of = {name: i for i, name in enumerate(self.class_names)}
         if self.task == "35":
-            return [(self.root / rel, label_of[w]) for rel, w in rows if w in label_of], 0
-        keywords = [(self.root / rel, label_of[w]) for rel, w in rows if w in KEYWORDS]
-        unknown = [(self.root / rel, label_of[UNKNOWN]) for rel, w in rows if w not in KEYWORDS]
+            return [(path, label_of[w]) for path, w in rows if w in label_of], 0
+        keywords = [(path, label_of[w]) for path, w in rows if w in KEYWORDS]
+        unknown = [(path, label_of[UNKNOWN]) for path, w in rows if w not in KEYWORDS]
         per_class = round(len(keywords) / len(KEYWORDS))
         if len(unknown) > per_class:
             rng = np.random.default_rng([self.seed, SPLITS.index(split)])
-            unknown = [
-                unknown[i] for i in sorted(rng.choice(len(unknown), per_class, replace=False))
-            ]
+            keep = sorted(rng.choice(len(unknown), per_class, replace=False))
+            unknown = [unknown[i] for i in keep]
         return keywords + unknown, per_class
 
     def split_items(self, split: str) -> Items:
@@ -320,8 +295,7 @@ class SpeechCommandsDataModule(ClipDataModule):
 
     def extra_clips(self, split: str) -> Extra:
         """The split's `_silence_` clips, cut from the background noise."""
-        n_silence = self._split_items(split)[1]
-        if not n_silence:
+        if not (n_silence := self._split_items(split)[1]):
             return []
         rng = np.random.default_rng([self.seed, 100 + SPLITS.index(split)])
         rms = self.silence_rms if split == "train" else None

@@ -19,7 +19,6 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from speechcnn.data.audio import fit_length
-from speechcnn.data.clips import ClipSet, decode_clips, iter_decoded, to_int16
+from speechcnn.data.clips import ClipSet, Extra, Items, decode_clips, iter_decoded, to_int16
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,7 @@ _TMP_PREFIX = ".tmp-"
 
 
 def cache_home() -> Path:
-    """$SPEECHCNN_CACHE_DIR, else $XDG_CACHE_HOME/speechcnn, else ~/.cache/speechcnn: the one
-    home of every speechcnn cache (waveform stores of read-only folders, data-check results)."""
+    """The home of every speechcnn cache (waveform stores of read-only folders, data checks)."""
     if env := os.environ.get("SPEECHCNN_CACHE_DIR"):
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -45,8 +43,7 @@ def cache_home() -> Path:
 
 
 def default_cache_dir(root: str | Path) -> Path:
-    """Where the cache of a data folder lives: `<root>/.speechcnn_cache` when `root` is
-    writable, else `cache_home()/<folder name>-<hash of its absolute path>`."""
+    """Where the cache of a data folder lives: in it if writable, else under `cache_home()`."""
     root = Path(root).resolve()
     if os.access(root, os.W_OK):
         return root / ".speechcnn_cache"
@@ -54,17 +51,9 @@ def default_cache_dir(root: str | Path) -> Path:
     return cache_home() / f"{root.name}-{tag}"
 
 
-def fingerprint(
-    items: Sequence[tuple[str | Path, int]],
-    sample_rate: int,
-    num_samples: int | None,
-    extra: Sequence[tuple[np.ndarray, int, str]] = (),
-) -> str:
-    """Hash of everything the decoded clips depend on (see the module docstring).
-
-    Files count by path, size and modification time (hashing their bytes would cost as much as
-    decoding them); a file that cannot be stat-ed hashes as missing.
-    """
+def fingerprint(items: Items, sample_rate: int, num_samples: int | None, extra: Extra = ()) -> str:
+    """Hash of everything the decoded clips depend on (see the module docstring). Files count
+    by path, size and mtime: hashing their bytes would cost as much as decoding them."""
     h = hashlib.sha256()
     h.update(f"v{FORMAT_VERSION} sr={sample_rate} n={num_samples}\n".encode())
     for path, label in items:
@@ -111,12 +100,7 @@ def _read_entry(folder: Path, expected: str) -> ClipSet | None:
 
 
 def _write_entry(
-    folder: Path,
-    items: Sequence[tuple[str | Path, int]],
-    sample_rate: int,
-    num_samples: int | None,
-    extra: Sequence[tuple[np.ndarray, int, str]],
-    key: str,
+    folder: Path, items: Items, sample_rate: int, num_samples: int | None, extra: Extra, key: str
 ) -> None:
     """Decode into `folder` (a fresh temporary folder). Clips of a fixed length are streamed to
     disk one at a time, so caching a split never holds it in memory as float."""
@@ -150,12 +134,11 @@ def _write_entry(
 
 def _remove_stale(cache_dir: Path, name: str, keep: Path) -> None:
     """Delete older entries of `name` and temporary folders that killed runs left behind."""
-    for other in cache_dir.glob(f"{name}-*"):
+    for other in filter(Path.is_dir, cache_dir.glob(f"{name}-*")):
         # Only `<name>-<16 hex>`: a longer name that starts with this one is another entry.
         if re.fullmatch("[0-9a-f]{16}", other.name[len(name) + 1 :]) and other != keep:
-            if other.is_dir():
-                log.info("removing stale cache %s", other)
-                shutil.rmtree(other, ignore_errors=True)
+            log.info("removing stale cache %s", other)
+            shutil.rmtree(other, ignore_errors=True)
     for tmp in cache_dir.glob(f"{_TMP_PREFIX}{name}-*"):
         pid = tmp.name.rsplit("-", 2)[-2] if tmp.name.count("-") >= 2 else ""
         if not (pid.isdigit() and _alive(int(pid))):  # else another process is building it
@@ -173,32 +156,21 @@ def _alive(pid: int) -> bool:
 
 
 def cached_clips(
-    items: Sequence[tuple[str | Path, int]],
+    items: Items,
     sample_rate: int,
     num_samples: int | None,
     cache_dir: str | Path,
     name: str,
-    extra: Sequence[tuple[np.ndarray, int, str]] = (),
+    extra: Extra = (),
 ) -> ClipSet:
-    """`decode_clips` through the waveform store: decoded once, memory-mapped afterwards.
-
-    Args:
-        items, sample_rate, num_samples, extra: as `decode_clips`'s.
-        cache_dir: folder of the cache entries (created if missing).
-        name: entry name, e.g. "speech_commands-12-train"; one live entry per name.
-
-    Returns:
-        The clips, their waveforms an int16 tensor backed by the memory-mapped cache file.
-        Files that could not be decoded are left out and listed in `skipped` ("path: reason"),
-        and logged again on every run that reuses the cache.
-    """
+    """`decode_clips` through the store entry `name` in `cache_dir`: decoded once, memory-mapped
+    afterwards; the files left out are logged again on every run that reuses the entry."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"cache entry name must be a plain file name, got {name!r}")
     cache_dir = Path(cache_dir)
     key = fingerprint(items, sample_rate, num_samples, extra)
     folder = cache_dir / f"{name}-{key[:16]}"
-    clips = _read_entry(folder, key)
-    if clips is not None:
+    if (clips := _read_entry(folder, key)) is not None:
         log.info("%s: %d clips memory-mapped from cache %s", name, len(clips), folder)
         for reason in clips.skipped:
             log.warning("skipped when cached: %s", reason)
@@ -215,14 +187,10 @@ def cached_clips(
             if _read_entry(folder, key) is None:  # not a concurrent builder's finished entry
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing is left once renamed into place
     _remove_stale(cache_dir, name, keep=folder)
-    clips = _read_entry(folder, key)
-    if clips is None:
+    if (clips := _read_entry(folder, key)) is None:
         raise RuntimeError(f"cache entry {folder} was written but cannot be read back")
-    seconds = time.perf_counter() - start
-    log.info(
-        "%s: cached %d clips (%d skipped) in %.1f s", name, len(clips), len(clips.skipped), seconds
-    )
+    seconds, skipped = time.perf_counter() - start, len(clips.skipped)
+    log.info("%s: cached %d clips (%d skipped) in %.1f s", name, len(clips), skipped, seconds)
     return clips

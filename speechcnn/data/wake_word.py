@@ -1,13 +1,6 @@
-"""One wake word from a folder of recordings, against other speech, noise and silence.
-
-The positives are recordings of one phrase by many speakers, with silence around it, in any
-format libsndfile reads. Each is cut to the `clip_seconds` window of most energy: the phrase.
-Negatives are every recording under `negative_roots` (other words, digits, other phrases; no
-`_background_noise_` folder and nothing under `keyword_dir`), cut alike, and windows of
-background noise at the loudness of real rooms. Positives split into training, validation and
-test recordings by `seed`; negatives by a hash of their path. The classes are `_unknown_` and
-the phrase, so `speechcnn spot` reads the model as it reads a Speech Commands one.
-"""
+"""One wake word from a folder of recordings, against other speech, noise and silence. The
+classes are `_unknown_` and the phrase, so `speechcnn spot` reads the model as it reads a
+Speech Commands one."""
 
 from __future__ import annotations
 
@@ -21,17 +14,14 @@ from speechcnn.data.base import ClipDataModule, Extra, Items
 from speechcnn.data.check import CheckReport, check_items
 from speechcnn.data.clips import iter_decoded
 from speechcnn.data.folder import AUDIO_SUFFIXES
-from speechcnn.data.speech_commands import NOISE_DIR, cut_silence
+from speechcnn.data.speech_commands import NOISE_DIR, SPLITS, cut_silence
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 UNKNOWN = "_unknown_"
 # Used when present, so a fresh clone beside ../shared trains with no options.
-DEFAULT_NEGATIVE_ROOTS = (
-    "../shared/data/speech_commands_dev",
-    "../shared/data/fsdd",
-    "../shared/data/wake_words",
+DEFAULT_NEGATIVE_ROOTS = tuple(
+    f"../shared/data/{name}" for name in ("speech_commands_dev", "fsdd", "wake_words")
 )
 DEFAULT_NOISE_DIR = f"../shared/data/speech_commands_dev/{NOISE_DIR}"
 SILENCE_RMS = (3e-4, 0.3)  # the span of real test-set silence (official_silence)
@@ -43,16 +33,15 @@ class WakeWordError(ValueError):
     """A wake-word folder or negative root that cannot be used."""
 
 
+def audio_files_any(root: Path) -> list[Path]:
+    """Every audio file under `root`, sorted (background-noise folders included)."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
 def audio_files(root: Path, exclude: Path | None = None) -> list[Path]:
     """Audio files under `root`, sorted, without background-noise folders or `exclude`."""
-    files = []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in AUDIO_SUFFIXES or NOISE_DIR in path.parts:
-            continue
-        if exclude is not None and path.is_relative_to(exclude):
-            continue
-        files.append(path)
-    return files
+    files = [p for p in audio_files_any(root) if NOISE_DIR not in p.parts]
+    return [p for p in files if exclude is None or not p.is_relative_to(exclude)]
 
 
 def loudest_window(samples: np.ndarray, num_samples: int) -> np.ndarray:
@@ -62,9 +51,8 @@ def loudest_window(samples: np.ndarray, num_samples: int) -> np.ndarray:
         pad = num_samples - len(samples)
         return np.pad(samples, (pad // 2, pad - pad // 2))
     step = max(1, num_samples // 150)  # about 10 ms for a 1.5 s window
-    n = len(samples) // step
+    n, width = len(samples) // step, num_samples // step
     energy = np.square(samples[: n * step]).reshape(n, step).sum(axis=1)  # (frames,)
-    width = num_samples // step
     totals = np.convolve(energy, np.ones(width), mode="valid")  # (frames - width + 1,)
     start = min(int(np.argmax(totals)) * step, len(samples) - num_samples)
     return samples[start : start + num_samples]
@@ -85,11 +73,7 @@ def join_with_gaps(
     min_seconds: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Recordings joined by gaps of background noise at the loudness of real rooms, repeated
-    (with new gaps) until the stream lasts `min_seconds`.
-
-    Returns:
-        (S,) the stream, and (N, 2) the start and end in seconds of each recording in it.
-    """
+    (new gaps) until `min_seconds` long -> (S,) the stream, (N, 2) each one's start and end (s)."""
     if not recordings:
         raise ValueError("a stream needs at least one recording")
     usable = [n for n in noise if len(n) >= round(GAP_S[1] * sample_rate)]
@@ -97,14 +81,13 @@ def join_with_gaps(
     while not spans or position < min_seconds * sample_rate:
         for recording in recordings:
             gap = round(rng.uniform(*GAP_S) * sample_rate)
+            window = np.zeros(gap, dtype=np.float32)  # silence where there is no noise to use
             if usable:
                 source = usable[rng.integers(len(usable))]
                 start = rng.integers(0, len(source) - gap + 1)
                 window = source[start : start + gap]
                 rms = np.exp(rng.uniform(np.log(GAP_RMS[0]), np.log(GAP_RMS[1])))
                 window = window * rms / max(float(np.sqrt(np.mean(window**2))), 1e-8)
-            else:
-                window = np.zeros(gap, dtype=np.float32)
             pieces += [window.astype(np.float32), recording.astype(np.float32)]
             spans.append((position + gap, position + gap + len(recording)))
             position += gap + len(recording)
@@ -116,22 +99,16 @@ class WakeWordDataModule(ClipDataModule):
     """A wake-word detector's data: the phrase in `keyword_dir` against everything else.
 
     Args:
-        keyword_dir: a folder of recordings of one phrase by many speakers (about 1-6 s each,
-            with silence around the phrase); unreadable files are named and skipped.
-        negative_roots: folders of other speech (every audio file under them); None: those of
-            ../shared/data that exist (Speech Commands words, FSDD digits, other wake words).
-        eval_negative_roots: folders of speech the training never saw, to replace the held-out
-            negatives of the test stream (see `speechcnn.wake_word`); None: the held-out ones.
-        noise_dir: background-noise recordings, for noise negatives, training noise and the
-            gaps of the calibration streams; None: the Speech Commands `_background_noise_`
-            of ../shared when present.
+        keyword_dir: one phrase's recordings by many speakers (1-6 s, silence around the phrase).
+        negative_roots: folders of other speech; None: those of ../shared/data that exist.
+        eval_negative_roots: unseen speech for the test stream; None: the held-out negatives.
+        noise_dir: background noise for negatives, training and stream gaps; None: ../shared's.
         clip_seconds: window the model classifies; it must hold the whole phrase.
         val_share: share of the positive recordings for validation (the threshold's choice).
         test_share: share of the positive recordings for the final test.
         positive_share: positives are repeated in training to about this share of its clips.
         noise_share: noise windows per negative recording, as negatives of each split.
-        sample_rate, batch_size, num_workers, seed, cache, cache_dir, resident, check: as
-            `ClipDataModule`'s.
+        sample_rate, batch_size, num_workers, seed, cache, cache_dir, resident, check: see base.
     """
 
     data_error = WakeWordError
@@ -157,8 +134,8 @@ class WakeWordDataModule(ClipDataModule):
         resident: bool | None = None,
         check: bool = True,
     ) -> None:
-        keyword = Path(keyword_dir)
-        if not keyword.is_dir():
+        self.keyword_dir = Path(keyword_dir).resolve()
+        if not self.keyword_dir.is_dir():
             raise WakeWordError(f"keyword_dir {keyword_dir} does not exist or is not a folder")
         if not (0 < val_share and 0 < test_share and val_share + test_share < 1):
             raise ValueError(
@@ -169,17 +146,18 @@ class WakeWordDataModule(ClipDataModule):
             raise ValueError(f"positive_share must be in (0, 1), got {positive_share}")
         if noise_share < 0:
             raise ValueError(f"noise_share must be >= 0, got {noise_share}")
-        self.phrase = keyword.resolve().name
+        self.phrase = self.keyword_dir.name
         super().__init__(
-            keyword, [UNKNOWN, self.phrase], sample_rate, round(sample_rate * clip_seconds),
+            keyword_dir, [UNKNOWN, self.phrase], sample_rate, round(sample_rate * clip_seconds),
             batch_size=batch_size, num_workers=num_workers, seed=seed, cache=cache,
             cache_dir=cache_dir, resident=resident, check=check,
         )  # fmt: skip
         self.name = f"wake_word-{self.phrase}"
-        self.keyword_dir = keyword.resolve()
         self.negative_roots = self._roots(negative_roots, "negative_roots")
         self.eval_negative_roots = (
-            None if eval_negative_roots is None else self._roots(eval_negative_roots, "eval")
+            None
+            if eval_negative_roots is None
+            else self._roots(eval_negative_roots, "eval_negative_roots")
         )
         if noise_dir is None and Path(DEFAULT_NOISE_DIR).is_dir():
             noise_dir = DEFAULT_NOISE_DIR
@@ -192,13 +170,12 @@ class WakeWordDataModule(ClipDataModule):
 
     def _roots(self, roots: list[str] | None, option: str) -> list[Path]:
         if roots is None:
-            found = [Path(r) for r in DEFAULT_NEGATIVE_ROOTS if Path(r).is_dir()]
-            if not found:
+            roots = [r for r in DEFAULT_NEGATIVE_ROOTS if Path(r).is_dir()]
+            if not roots:
                 raise WakeWordError(
                     f"no negative speech: none of {', '.join(DEFAULT_NEGATIVE_ROOTS)} exists; "
                     "give --data.negative_roots [DIR, ...]"
                 )
-            return found
         missing = [r for r in roots if not Path(r).is_dir()]
         if missing or not roots:
             raise WakeWordError(f"{option}: {missing or roots} must name existing folders")
@@ -219,14 +196,9 @@ class WakeWordDataModule(ClipDataModule):
 
     def negative_files(self, split: str, roots: list[Path] | None = None) -> list[Path]:
         """Other speech of a split: every recording of `roots` (default negative_roots)."""
-        files = []
-        for root in roots or self.negative_roots:
-            files += [
-                path
-                for path in audio_files(root, exclude=self.keyword_dir)
-                if split_of_path(path, self.seed) == split
-            ]
-        return files
+        roots = roots or self.negative_roots
+        files = [path for root in roots for path in audio_files(root, exclude=self.keyword_dir)]
+        return [path for path in files if split_of_path(path, self.seed) == split]
 
     def recordings(self, files: list[Path]) -> list[np.ndarray]:
         """Whole decoded recordings of `files`; unusable ones are named in the log, skipped."""
@@ -248,13 +220,11 @@ class WakeWordDataModule(ClipDataModule):
             stream, _ = join_with_gaps(speech, self.noise(), self.sample_rate, rng)
             starts = rng.integers(0, len(stream) - n, len(speech)) if len(stream) > n else []
             negatives += [stream[s : s + n] for s in starts]
-        noise = self.noise()
-        if noise and self.noise_share > 0:
+        if (noise := self.noise()) and self.noise_share > 0:
             count = round(self.noise_share * len(negatives))
             negatives += cut_silence(noise, count, n, rng, SILENCE_RMS)
-        repeat = 1
+        share, repeat = self.positive_share, 1
         if split == "train" and positives:
-            share = self.positive_share
             repeat = max(1, round(share * len(negatives) / ((1 - share) * len(positives))))
         clips = [(c, 1, f"{self.phrase}/{split}_{i}_{k}") for k in range(repeat)
                  for i, c in enumerate(positives)]  # fmt: skip
@@ -268,8 +238,7 @@ class WakeWordDataModule(ClipDataModule):
     def noise(self) -> list[np.ndarray]:
         """The recordings of `noise_dir` (read once; none without it)."""
         if self._noise is None:
-            files = [] if self.noise_dir is None else audio_files_any(self.noise_dir)
-            self._noise = self.recordings(files)
+            self._noise = self.recordings(audio_files_any(self.noise_dir) if self.noise_dir else [])
         return self._noise
 
     def data_check(self, cache: bool = True) -> CheckReport:
@@ -279,8 +248,3 @@ class WakeWordDataModule(ClipDataModule):
         return check_items(
             items, self.keyword_dir, self.sample_rate, cache=cache, cache_dir=self.cache_dir
         )
-
-
-def audio_files_any(root: Path) -> list[Path]:
-    """Every audio file under `root`, sorted (background-noise folders included)."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
