@@ -21,17 +21,18 @@ from torch import Tensor
 
 from speechcnn.checkpoints import CheckpointFileError, load_module
 from speechcnn.data.audio import AudioError, read_audio
-from speechcnn.data.clips import to_float
 from speechcnn.model import SpeechClassifier
 
 
 @dataclass
 class LoadedModel:
-    """A classifier ready for inference, with what its checkpoint says about its input."""
+    """A classifier ready for inference, with what its checkpoint says about its input and,
+    when it was calibrated for a false-alarm budget, its spotting settings (`calibration`)."""
 
     model: SpeechClassifier
     class_names: list[str]
     sample_rate: int
+    calibration: dict | None = None
 
 
 class ModelFileError(CheckpointFileError):
@@ -53,26 +54,8 @@ def load_classifier(path: str | Path) -> LoadedModel:
         model=module.inference_model.eval(),
         class_names=list(module.class_names),
         sample_rate=int(module.hparams.sample_rate),
+        calibration=getattr(module, "calibration", None),
     )
-
-
-@torch.no_grad()
-def batched_logits(
-    model: torch.nn.Module, waveforms: Tensor, lengths: Tensor, batch_size: int = 64
-) -> Tensor:
-    """Logits of a split's padded clips, `batch_size` at a time (bounded memory).
-
-    Args:
-        waveforms: (N, S) int16 or float waveforms, zero-padded past each clip's length.
-        lengths: (N,) valid samples per clip.
-
-    Returns:
-        (N, K) logits.
-    """
-    return torch.cat([
-        model(to_float(waveforms[i : i + batch_size]), lengths[i : i + batch_size])
-        for i in range(0, len(waveforms), batch_size)
-    ])  # fmt: skip
 
 
 @torch.no_grad()
@@ -148,14 +131,3 @@ def main(argv: list[str] | None = None) -> int:
 def cli(argv: list[str]) -> None:
     """Entry for `speechcnn classify` (exits with `main`'s status)."""
     sys.exit(main(argv))
-
-
-__all__ = [
-    "LoadedModel",
-    "ModelFileError",
-    "batched_logits",
-    "classify_files",
-    "classify_waveforms",
-    "load_classifier",
-    "top_k",
-]

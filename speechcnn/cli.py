@@ -30,17 +30,12 @@ class SpeechCNNCLI(LightningCLI):
     """LightningCLI with two checkpoints, the recipe's test rule and linked arguments.
 
     `checkpoint` keeps the best epoch by validation accuracy (`best-EEE.ckpt`); `last_checkpoint`
-    overwrites `last.ckpt` after every epoch, what an interrupted run resumes from and, after
-    the last epoch, the trained model. (ModelCheckpoint's own `save_last` writes last.ckpt only
-    when it saves a best checkpoint, so after an epoch that did not improve it would lose that
-    epoch.) `test_checkpoint` says which of the two a recipe tests and reports
-    (`speechcnn.recipe`; `speechcnn test` takes `--ckpt_path` instead). Both checkpoints live in
-    `<trainer.default_root_dir>/checkpoints`. The data module is the single source of the class
-    names and the sample rate; the model receives them through `link_arguments`.
-
-    Every checkpoint the Trainer reads (`--ckpt_path`, a recipe's resume) goes through
-    `SafeCheckpointIO` (tensors and plain values only, never code), and `ExactResume` saves the
-    random states with each checkpoint, so a resumed run continues as the uninterrupted one.
+    rewrites `last.ckpt` after every epoch (ModelCheckpoint's `save_last` would skip epochs that
+    did not improve): what an interrupted run resumes from and, at the end, the trained model.
+    `test_checkpoint` says which one a recipe tests. Both live in
+    `<trainer.default_root_dir>/checkpoints`. The data module is the one source of the class
+    names and sample rate (`link_arguments`). Checkpoints are read by `SafeCheckpointIO`
+    (tensors and plain values only), and `ExactResume` saves the random states with each.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -105,6 +100,7 @@ class SpeechCNNCLI(LightningCLI):
 EXTRA_COMMANDS: dict[str, str] = {
     "classify": "speechcnn.classify:cli",
     "spot": "speechcnn.spotting:cli",
+    "listen": "speechcnn.listen:cli",
     "export": "speechcnn.export:cli",
     "check-data": "speechcnn.data.layouts:main",
 }

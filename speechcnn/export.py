@@ -1,21 +1,12 @@
 """Export for deployment: TorchScript, ONNX and int8 dynamic quantization.
 
-Artefacts `speechcnn export MODEL --out-dir DIR` writes:
-
-- `model.ts`: TorchScript, features inside: (B, S) float waveforms -> (B, K) logits (traced;
-  torch.stft is a TorchScript op, so the graph holds the exact log-mel of training).
-- `model_features.onnx`: ONNX, features outside: (B, F, T) log-mel (`LogMelFeatures`, before
-  the input norm) -> (B, K) logits; the caller computes the log-mel with the Hann window and
-  hop that meta.json records, no centring, slaney mel, log(x + 1e-6).
-- `model.onnx`: ONNX, features inside: (B, S) waveforms -> (B, K) logits, the STFT as a
-  strided convolution with a windowed DFT basis (ONNX export of torch.stft fails on its
-  complex output), equal within float rounding.
-- `model_int8.ts`: TorchScript with the LSTM and linear layers dynamically quantized to int8.
-- `meta.json`: class names, sample rate, feature settings, sizes and checks.
-
-Every graph takes any batch size and clip length: the waveform graphs zero-pad a clip shorter
-than one window (n_fft samples) to one window, as `speechcnn classify` does; the features graph
-takes any number of frames >= 1.
+`speechcnn export MODEL --out-dir DIR` writes `model.ts` (TorchScript, waveforms in, the exact
+log-mel of training inside), `model.onnx` (waveforms in, the STFT as a strided convolution with
+a windowed DFT basis, as ONNX cannot export torch.stft's complex output), `model_features.onnx`
+(log-mel in), `model_stream.onnx` (one streaming step, its state as explicit inputs and
+outputs), `model_int8.ts` (LSTM and linear layers quantized to int8) and `meta.json` (classes,
+feature settings, sizes). The clip graphs take any batch size and clip length; a clip shorter
+than one window is zero-padded to one, as `speechcnn classify` does. See docs/export.md.
 """
 
 from __future__ import annotations
@@ -114,6 +105,42 @@ class PadToWindow(nn.Module):
         return self.inner(padded.index_select(1, index))
 
 
+class StreamingStep(nn.Module):
+    """One step of a stream, its state as explicit inputs and outputs (for devices that keep
+    the state themselves, as kws_streaming's external-state mode).
+
+    Inputs: (frames * hop,) new samples, the (n_fft - hop,) samples carried from the previous
+    step (at the start: the stream's first n_fft - hop samples) and the head's `StreamState`
+    (h, c: (L, 1, H); log_total: (1, 1), -inf at the start; pooled: (1, K), zeros at the
+    start). Outputs: (frames, K) posteriors at the frames completed, then the carried samples
+    and the state for the next step. The posteriors are `Streamer`'s.
+    """
+
+    def __init__(self, model: SpeechClassifier, features: nn.Module) -> None:
+        super().__init__()
+        self.model, self.features = model, features
+        self.overlap = model.features.n_fft - model.features.hop_length
+
+    def forward(self, samples: Tensor, carried: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        span = torch.cat([carried, samples])[None]  # (S,) -> (1, S): whole frames only
+        x = self.model.frontend(self.model.input_norm(self.features(span)))
+        logits, state = self.model.head.infer(x, state)
+        return (logits[0].softmax(-1), span[0, span.shape[1] - self.overlap :], *state)
+
+
+def export_streaming_onnx(model: SpeechClassifier, path: str | Path, frames: int = 1) -> dict:
+    """Save `StreamingStep` as ONNX for `frames` frames per step; returns its inputs' shapes."""
+    model = _eval_copy(model)
+    step = StreamingStep(model, DFTLogMel(model.features)).eval()
+    hop = model.features.hop_length
+    h, c, log_total, pooled = model.head.initial_state()
+    example = (torch.zeros(frames * hop), torch.zeros(step.overlap), h, c, log_total, pooled)
+    names = ["samples", "carried", "h", "c", "log_total", "pooled"]
+    outputs = ["posteriors", *(f"next_{name}" for name in names[1:])]
+    _onnx(step, example, path, names, outputs, None)
+    return {name: list(t.shape) for name, t in zip(names, example, strict=True)}
+
+
 def _eval_copy(model: SpeechClassifier) -> SpeechClassifier:
     return copy.deepcopy(model).eval()
 
@@ -142,20 +169,26 @@ def export_onnx(model: SpeechClassifier, path: str | Path, features_inside: bool
     else:
         module = FeaturesToLogits(model).eval()
         example, name, axes = model.features(wave), "features", {0: "batch", 2: "frames"}
+    _onnx(module, (example,), path, [name], ["logits"], {name: axes, "logits": {0: "batch"}})
+
+
+def _onnx(
+    module: nn.Module,
+    example: tuple,
+    path: str | Path,
+    inputs: list,
+    outputs: list,
+    axes: dict | None,
+) -> None:
+    """torch.onnx.export with the TorchScript-based exporter (opset 17, no onnxscript needed)."""
     with torch.no_grad(), warnings.catch_warnings():
         # Tracer notes on Python shape checks, and the exporter's note that an LSTM traced
         # at one batch size may warn at others (the dynamic axes cover it).
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=[name],
-            output_names=["logits"],
-            dynamic_axes={name: axes, "logits": {0: "batch"}},
-        )
+            module, example, str(path), dynamo=False, opset_version=17, input_names=inputs,
+            output_names=outputs, dynamic_axes=axes,
+        )  # fmt: skip
 
 
 def quantize_int8(model: SpeechClassifier) -> SpeechClassifier:
@@ -182,6 +215,28 @@ def onnx_session(path: str | Path) -> object:
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def stream_onnx(
+    session: object, model: SpeechClassifier, wave: Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """(T, K) posteriors of a (S,) recording through model_stream.onnx, one frame per call, and
+    `Streamer`'s for the same frames."""
+    from speechcnn.streaming import Streamer
+
+    hop, overlap = model.features.hop_length, model.features.n_fft - model.features.hop_length
+    state = [t.numpy() for t in model.head.initial_state()]
+    samples, rows = wave.numpy(), []
+    carried = samples[:overlap]
+    for done in range(overlap, len(samples) - hop + 1, hop):
+        inputs = dict(zip(["h", "c", "log_total", "pooled"], state, strict=True))
+        posteriors, carried, *state = session.run(  # type: ignore[attr-defined]
+            None, {"samples": samples[done : done + hop], "carried": carried, **inputs}
+        )
+        rows.append(posteriors)
+    frames = len(rows)
+    expected = Streamer(model).push(wave[: overlap + frames * hop]).posteriors.numpy()
+    return np.concatenate(rows) if rows else expected, expected
+
+
 def check_exports(
     model: SpeechClassifier, out_dir: str | Path, waveforms: list[np.ndarray]
 ) -> dict[str, float]:
@@ -203,41 +258,21 @@ def check_exports(
         runs["onnx_features"] = lambda wave: features_session.run(
             None, {"features": model.features(wave).numpy()}
         )[0]
+    if (out_dir / "model_stream.onnx").is_file():
+        stream_session = onnx_session(out_dir / "model_stream.onnx")
+        runs["onnx_stream_posteriors"] = lambda wave: stream_onnx(stream_session, model, wave[0])
     diffs = dict.fromkeys(runs, 0.0)
     with torch.no_grad():
         for samples in waveforms:
             wave = torch.from_numpy(np.asarray(samples, dtype=np.float32))[None]  # (1, S)
             reference = model(wave).numpy()
             for key, run in runs.items():
-                diffs[key] = max(diffs[key], float(np.abs(run(wave) - reference).max()))
+                if key == "onnx_stream_posteriors":  # compared with the streamer's posteriors
+                    result, reference_ = run(wave)
+                else:
+                    result, reference_ = run(wave), reference
+                diffs[key] = max(diffs[key], float(np.abs(result - reference_).max()))
     return diffs
-
-
-def accuracy(model: nn.Module, waveforms: Tensor, lengths: Tensor, labels: Tensor) -> float:
-    """Fraction of clips classified right: (N, S) waveforms, (N,) lengths and labels."""
-    from speechcnn.classify import batched_logits
-
-    if len(labels) == 0:
-        return 0.0
-    correct = batched_logits(model, waveforms, lengths).argmax(-1) == labels  # (N,)
-    return int(correct.sum()) / len(labels)
-
-
-def int8_accuracy_change(model: SpeechClassifier, data_root: str | Path) -> dict[str, float]:
-    """Float and int8 accuracy on the Speech Commands testing split (12-class task)."""
-    from speechcnn.data.speech_commands import SpeechCommandsDataModule
-
-    data = SpeechCommandsDataModule(root=str(data_root), sample_rate=model.features.sample_rate)
-    data.setup("test")
-    clips = data.clips["test"]
-    float_acc = accuracy(_eval_copy(model), clips.waveforms, clips.lengths, clips.labels)
-    int8_acc = accuracy(quantize_int8(model), clips.waveforms, clips.lengths, clips.labels)
-    return {
-        "test_clips": len(clips),
-        "float_acc": round(float_acc, 4),
-        "int8_acc": round(int8_acc, 4),
-        "change": round(int8_acc - float_acc, 4),
-    }
 
 
 def writable_folder(out_dir: str | Path) -> Path:
@@ -269,6 +304,7 @@ def export_all(
     out_dir: str | Path,
     onnx: bool = True,
     int8: bool = True,
+    streaming: bool = True,
 ) -> dict[str, object]:
     """Write every artefact (see the module docstring) to `out_dir`; returns meta.json's data.
 
@@ -283,6 +319,9 @@ def export_all(
         export_onnx(model, out_dir / "model.onnx", features_inside=True)
         export_onnx(model, out_dir / "model_features.onnx", features_inside=False)
         files += ["model.onnx", "model_features.onnx"]
+        if streaming and not model.head.bidirectional:
+            stream_inputs = export_streaming_onnx(model, out_dir / "model_stream.onnx")
+            files.append("model_stream.onnx")
     sizes = {"float32_state_dict_bytes": serialized_size(model)}
     if int8:
         quantized = quantize_int8(model)
@@ -301,6 +340,8 @@ def export_all(
         "files": files,
         "sizes": sizes,
     }
+    if "model_stream.onnx" in files:
+        meta["stream_inputs"] = stream_inputs  # model_stream.onnx: one frame per step
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -313,19 +354,25 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(
         prog="speechcnn export",
-        description="Export a checkpoint to TorchScript, ONNX and int8 TorchScript; "
+        description="Export a checkpoint to TorchScript, ONNX (whole clips and a streaming step) "
+        "and int8 TorchScript; "
         "prints one JSON line (sizes, and max abs logit differences with --check).",
     )
     parser.add_argument("model", help="a trained checkpoint (.ckpt)")
-    parser.add_argument("--out-dir", required=True, help="folder for the exported files")
-    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX files")
-    parser.add_argument("--no-int8", action="store_true", help="skip int8 quantization")
+    parser.add_argument("--out-dir", required=True, help="folder for the exported files (required)")
     parser.add_argument(
-        "--accuracy-root",
-        help="a Speech Commands v0.02 folder: report float and int8 accuracy on its testing split",
+        "--no-onnx", action="store_true", help="skip the ONNX files (default: written)"
     )
     parser.add_argument(
-        "--check", nargs="*", default=[], help="audio files to compare exports with PyTorch on"
+        "--no-int8",
+        action="store_true",
+        help="skip int8 quantization (default: model_int8.ts written)",
+    )
+    parser.add_argument(
+        "--check",
+        nargs="*",
+        default=[],
+        help="audio files to compare exports with PyTorch on (default: none)",
     )
     args = parser.parse_args(argv)
     try:
@@ -340,25 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         clips = [read_audio(p, loaded.sample_rate) for p in args.check]
         result["max_abs_logit_diff"] = check_exports(loaded.model, args.out_dir, clips)
         result["checked_clips"] = len(clips)
-    if args.accuracy_root:
-        result["int8_accuracy"] = int8_accuracy_change(loaded.model, args.accuracy_root)
     print(json.dumps(result))
 
 
 cli = main  # `speechcnn export` (EXTRA_COMMANDS in speechcnn.cli)
-
-
-__all__ = [
-    "DFTLogMel",
-    "FeaturesToLogits",
-    "PadToWindow",
-    "WaveformToLogits",
-    "accuracy",
-    "check_exports",
-    "export_all",
-    "export_onnx",
-    "export_torchscript",
-    "int8_accuracy_change",
-    "quantize_int8",
-    "serialized_size",
-]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,30 @@ def make_wake_words(root: Path, phrases: int = 60, others: int = 80, seed: int =
     noise = 0.01 * rng.standard_normal(20 * rate).astype(np.float32)
     write_wav(root / "noise" / "hum.wav", noise, rate)
     return root
+
+
+class FakeSoundDevice:
+    """A stand-in for the `sounddevice` module: its InputStream plays `samples` to the callback
+    in blocks from a thread, as a microphone would, then stays silent."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self.samples, self.opened = samples, []
+
+    def InputStream(self, samplerate, channels, dtype, device, blocksize, callback):  # noqa: N802
+        self.opened.append({"samplerate": samplerate, "channels": channels, "device": device})
+        samples = self.samples
+
+        class Stream:
+            def __enter__(self):
+                def play():
+                    for i in range(0, len(samples), blocksize):
+                        block = samples[i : i + blocksize].astype(dtype)[:, None]  # (S,) -> (S, 1)
+                        callback(block, len(block), None, None)
+
+                threading.Thread(target=play, daemon=True).start()
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        return Stream()

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_classify import make_checkpoint
+from test_streaming import tiny_model
 
 from speechcnn.spotting import Detection
 
@@ -112,3 +114,20 @@ def test_spotting_benchmark(tmp_path, speech_commands_root):
     assert set(line["test_clip_posteriors"]) == {"0.5", "0.9", "0.95"}  # of "yes" and "no"
     truth = json.loads((tmp_path / "spot" / "testing_list_truth.json").read_text())
     assert len(truth) == 42 and all(g["end"] - g["start"] == pytest.approx(1.0) for g in truth)
+
+
+def test_int8_accuracy_change_scores_the_testing_split(speech_commands_root):
+    from speechcnn.data.speech_commands import SpeechCommandsDataModule
+
+    model = tiny_model(seed=2)
+    result = load_benchmark("int8_accuracy").int8_accuracy_change(model, speech_commands_root)
+    data = SpeechCommandsDataModule(root=str(speech_commands_root))
+    data.setup("test")
+    test = data.clips["test"]
+    with torch.no_grad():  # the whole split in one batch, as the reference
+        logits = model(test.waveforms.float() / 32768.0, test.lengths)
+    expected = float((logits.argmax(-1) == test.labels).float().mean())
+    assert result["test_clips"] == len(test)
+    assert result["float_acc"] == pytest.approx(expected, abs=1e-4)
+    assert 0.0 <= result["int8_acc"] <= 1.0
+    assert result["change"] == pytest.approx(result["int8_acc"] - result["float_acc"], abs=1e-4)

@@ -11,16 +11,15 @@ from test_classify import CLASSES, make_checkpoint
 from test_streaming import recording, tiny_model
 
 from speechcnn.spotting import (
+    Detector,
     PosteriorTrack,
     SpotConfig,
     detect,
+    detections,
     energy_offsets,
     main,
     posterior_track,
-    smooth,
     spot,
-    stream_track,
-    window_posteriors,
 )
 from speechcnn.streaming import offline_posteriors
 
@@ -35,10 +34,11 @@ NAMES = ["_silence_", "_unknown_", "yes", "no"]
         {"pooling": "mean", "bidirectional": True},
     ],
 )
-def test_window_posteriors_equal_the_model_on_each_window_alone(overrides):
+def test_window_rows_equal_the_model_on_each_window_alone(overrides):
     model = tiny_model(**overrides)
     wave = recording(0.9, seed=1)
-    track = window_posteriors(model, wave, window_s=0.5, hop_s=0.11, block_windows=2)
+    config = SpotConfig(window_s=0.5, hop_s=0.11, centre_s=None)
+    track = posterior_track(model, wave, config, block_windows=2)
     hop, n_fft = model.features.hop_length, model.features.n_fft
     win = model.features.num_frames(8000)
     assert track.ends[-1] == pytest.approx(len(wave) // hop * hop / 16000, abs=0.011)
@@ -51,10 +51,10 @@ def test_window_posteriors_equal_the_model_on_each_window_alone(overrides):
     assert np.allclose(track.spans, ((win - 1) * hop + n_fft) / 16000)
 
 
-def test_stream_track_is_the_streaming_posteriors():
+def test_the_stream_track_is_the_streaming_posteriors():
     model = tiny_model()
     wave = recording(0.8, seed=2)
-    track = stream_track(model, wave)
+    track = posterior_track(model, wave, SpotConfig(mode="stream"))
     assert np.abs(track.posteriors - offline_posteriors(model, wave[None])[0].numpy()).max() < 1e-5
     assert track.ends[0] == pytest.approx(0.025) and track.ends[1] == pytest.approx(0.035)
 
@@ -63,19 +63,12 @@ def test_stream_track_is_the_streaming_posteriors():
 def test_stream_mode_needs_last_pooling(pooling):
     # Such models stream, but their posterior pools over the whole recording so far.
     with pytest.raises(ValueError, match=f"'{pooling}'.*--mode window"):
-        stream_track(tiny_model(pooling=pooling), recording(0.3))
+        posterior_track(tiny_model(pooling=pooling), recording(0.3), SpotConfig(mode="stream"))
 
 
 def test_short_recording_gives_one_window():
-    track = window_posteriors(tiny_model(), torch.zeros(100), window_s=1.0)
+    track = posterior_track(tiny_model(), torch.zeros(100), SpotConfig(centre_s=None))
     assert track.posteriors.shape == (1, 5)
-
-
-def test_smooth_is_a_causal_moving_average():
-    x = np.arange(10, dtype=float)[:, None].repeat(2, axis=1)
-    y = smooth(x, 3)
-    assert np.allclose(y[:, 0], [0, 0.5, 1, 2, 3, 4, 5, 6, 7, 8])
-    assert smooth(x, 1) is x
 
 
 def synthetic_track(events, n=400, step=0.01):
@@ -183,3 +176,38 @@ def test_spot_modes_and_command(tmp_path, capsys):
     for line in lines:
         assert set(line) == {"keyword", "start", "end", "score"}
         assert line["keyword"] in CLASSES[2:]
+
+
+def test_a_track_in_parts_gives_the_detections_of_the_whole():
+    events = [(2, 50, 60, 0.95), (3, 64, 70, 0.9), (2, 150, 152, 0.99), (3, 300, 330, 0.85)]
+    track = synthetic_track(events)
+    config = SpotConfig(threshold=0.7, smooth_s=0.03, refractory_s=0.2)
+    whole = detect(track, NAMES, config)
+    assert len(whole) == 3  # the second event falls in the first one's refractory period
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        cuts = np.sort(rng.choice(np.arange(1, 400), 12, replace=False))
+        detector, found = Detector(NAMES, config, 0.01), []
+        for rows in np.split(np.arange(400), cuts):
+            part = PosteriorTrack(track.posteriors[rows], track.ends[rows], track.spans[rows])
+            found += detector.step(part)
+        assert found + detector.finish() == whole
+
+
+@pytest.mark.parametrize("mode", ["window", "stream"])
+def test_detections_as_audio_arrives_equal_spot_on_the_whole(mode):
+    model, wave = tiny_model(), recording(4.0, seed=6)
+    names = ["_silence_", "_unknown_", "a", "b", "c"]
+    track = posterior_track(model, wave, SpotConfig(mode=mode))
+    # a threshold that the track crosses several times
+    threshold = float(np.quantile(track.posteriors[:, 2:].max(axis=1), 0.6))
+    config = SpotConfig(mode=mode, threshold=threshold, refractory_s=0.1, smooth_s=0.05)
+    whole = spot(model, names, wave, config)
+    assert len(whole) >= 2
+    rng = np.random.default_rng(1)
+    cuts = np.sort(rng.choice(np.arange(1, len(wave)), 40, replace=False))
+    live = list(detections(model, names, np.split(wave.numpy(), cuts), config))
+    assert [(d.keyword, d.start, d.end) for d in live] == [
+        (d.keyword, d.start, d.end) for d in whole
+    ]
+    assert [d.score for d in live] == pytest.approx([d.score for d in whole], abs=2e-4)
