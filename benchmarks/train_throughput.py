@@ -18,7 +18,7 @@ Prints one JSON line: samples/s of each, the ratios and the projected seconds pe
 
     python benchmarks/train_throughput.py --clips 1200 --batch-size 64          # a laptop CPU
     python benchmarks/train_throughput.py --clips 84843 --batch-size 1024 \\
-        --precision bf16-mixed --cnn-layouts nchw,nhwc,frames                    # one GPU
+        --precision bf16-mixed --cnn-layouts nchw,nhwc                           # one GPU
 """
 
 from __future__ import annotations

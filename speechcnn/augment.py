@@ -1,12 +1,5 @@
-"""Training-time augmentation, in one module with one config section (`model.augment`).
-
-Every random change a training clip gets, in the order it gets them: speed, time shift, level
-and background noise of the waveform (`waveforms`); mixup of the batch (`mixup`); then, while
-the model's own features are computed (`features`), frequency warping of the power spectrum,
-a random equalisation of the mel energies and SpecAugment masks of the log-mel, on the batch's
-device (the model's `LogMelFeatures` is the same in training and evaluation). Background noise
-is the data module's `noise()` recordings, handed over when training starts (`set_noise`).
-"""
+"""Training-time augmentation, in one module with one config section (`model.augment`): the
+waveform (`waveforms`), then the batch (`mixup`), then the model's own features (`features`)."""
 
 from __future__ import annotations
 
@@ -181,12 +174,9 @@ class Augmentation(nn.Module):
         return self.spec_augment(features.from_mel_energies(mel))
 
     def random_eq_gain(self, batch: int, n_freq: int, device: torch.device) -> Tensor:
-        """Power gains (B, F) of random smooth curves over the mel axis, within +-spectral_eq_db.
-
-        Each curve is sum_k a_k cos(pi k (f + 1/2) / F) for k = 1, 2, 3, with a_k drawn per clip
-        from [-spectral_eq_db / 3, spectral_eq_db / 3] dB: a tilt and two broad bends, smooth
-        enough to colour the spectrum without moving its formants.
-        """
+        """Power gains (B, F) of random smooth curves over the mel axis, within +-spectral_eq_db:
+        sum_k a_k cos(pi k (f + 1/2) / F), k = 1..3, a_k per clip from +-spectral_eq_db / 3 dB (a
+        tilt and two broad bends, which colour the spectrum without moving its formants)."""
         position = (torch.arange(n_freq, device=device) + 0.5) / n_freq  # (F,)
         orders = torch.arange(1, 4, device=device)  # (3,)
         basis = torch.cos(math.pi * orders[:, None] * position)  # (3, F)

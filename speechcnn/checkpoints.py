@@ -1,8 +1,7 @@
 """The one way speechcnn reads a checkpoint: tensors and plain values only, never code.
 
-A `.ckpt` is a pickle, which can name any function to call while it is read: every checkpoint
-speechcnn reads goes through `load_checkpoint`, `torch.load(weights_only=True)`, and so does
-Lightning's Trainer, through `SafeCheckpointIO`, which also writes checkpoints atomically.
+A `.ckpt` is a pickle, which can call any function while it is read: `load_checkpoint` reads
+with `torch.load(weights_only=True)`, and so does the Trainer, through `SafeCheckpointIO`.
 """
 
 from __future__ import annotations

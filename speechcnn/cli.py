@@ -29,13 +29,9 @@ def checkpoint_dir(root: str | None) -> str | None:
 class SpeechCNNCLI(LightningCLI):
     """LightningCLI with two checkpoints, the recipe's test rule and linked arguments.
 
-    `checkpoint` keeps the best epoch by validation accuracy (`best-EEE.ckpt`); `last_checkpoint`
-    rewrites `last.ckpt` after every epoch (ModelCheckpoint's `save_last` would skip epochs that
-    did not improve): what an interrupted run resumes from and, at the end, the trained model.
-    `test_checkpoint` says which one a recipe tests. Both live in
-    `<trainer.default_root_dir>/checkpoints`. The data module is the one source of the class
-    names and sample rate (`link_arguments`). Checkpoints are read by `SafeCheckpointIO`
-    (tensors and plain values only), and `ExactResume` saves the random states with each.
+    `checkpoint` keeps the best epoch by validation accuracy; `last_checkpoint` rewrites
+    `last.ckpt` after every epoch (ModelCheckpoint's `save_last` would skip epochs that did not
+    improve). The data module is the one source of the class names and sample rate.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -84,14 +80,10 @@ class SpeechCNNCLI(LightningCLI):
         """`speechcnn test` writes what a recipe writes: metrics.json, report.json (per-class
         precision and recall) and confusion.png, in the run's log folder."""
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        ckpt_path = self.config["test"].get("ckpt_path")
-        metrics = write_test_report(
-            self.model.test_confusion.compute(),
-            self.model.class_names,
-            run_dir,
-            getattr(self.datamodule, "keywords", ()),
-            {"tested_checkpoint": str(ckpt_path or "")},
-        )
+        extra = {"tested_checkpoint": str(self.config["test"].get("ckpt_path") or "")}
+        keywords = getattr(self.datamodule, "keywords", ())
+        confusion = self.model.test_confusion.compute()
+        metrics = write_test_report(confusion, self.model.class_names, run_dir, keywords, extra)
         print(json.dumps(metrics), flush=True)
 
 
@@ -107,28 +99,24 @@ EXTRA_COMMANDS: dict[str, str] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `speechcnn` console script (`argv`: the arguments after the name).
-
-    A user error (a wrong value, a missing folder, an unusable checkpoint) ends with one line
-    `speechcnn: error: ...` and exit status 2; `--verbose` or SPEECHCNN_VERBOSE=1 shows the
-    traceback.
-    """
+    """Entry point of the `speechcnn` console script (`argv`: the arguments after the name);
+    user errors end as one line and exit status 2 (`speechcnn.errors`)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in EXTRA_COMMANDS:
         module, function = EXTRA_COMMANDS[argv[0]].split(":")
         command = getattr(importlib.import_module(module), function)
         run_reporting_errors(command, argv[1:], f"speechcnn {argv[0]}")
         return
-    if argv[:1] in (["-h"], ["--help"]) and EXTRA_COMMANDS:
+    if argv[:1] in (["-h"], ["--help"]):
         print(f"other subcommands: {', '.join(sorted(EXTRA_COMMANDS))} (each takes --help)")
-    run_reporting_errors(_lightning_cli, argv, "speechcnn")
+    run_reporting_errors(build_cli, argv, "speechcnn")
 
 
-def _lightning_cli(argv: list[str]) -> None:
+def build_cli(args: list[str], run: bool = True) -> SpeechCNNCLI:
+    """`SpeechCNNCLI(args=args)`, without Lightning's warning that args is passed on purpose."""
     with warnings.catch_warnings():
-        # argv is the command line (less --verbose), passed on deliberately.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        SpeechCNNCLI(args=argv)
+        return SpeechCNNCLI(args=args, run=run)
 
 
 if __name__ == "__main__":

@@ -71,19 +71,6 @@ class DFTLogMel(nn.Module):
         return self.features.from_mel_energies(self.features.mel(power))
 
 
-class WaveformToLogits(nn.Module):
-    """(B, S) waveforms -> (B, K) logits with a given feature extractor (for export)."""
-
-    def __init__(self, features: nn.Module, model: SpeechClassifier) -> None:
-        super().__init__()
-        self.features = features
-        self.classifier = FeaturesToLogits(model)
-
-    def forward(self, waveforms: Tensor) -> Tensor:
-        """Logits of waveforms: (B, S) -> (B, K)."""
-        return self.classifier(self.features(waveforms))
-
-
 class PadToWindow(nn.Module):
     """Zero-pads clips shorter than one analysis window to one window, then runs `inner`.
 
@@ -163,7 +150,7 @@ def export_onnx(model: SpeechClassifier, path: str | Path, features_inside: bool
     model = _eval_copy(model)
     wave = torch.zeros(2, model.features.sample_rate)  # (B, S)
     if features_inside:
-        inner = WaveformToLogits(DFTLogMel(model.features), model)
+        inner = nn.Sequential(DFTLogMel(model.features), FeaturesToLogits(model))
         module: nn.Module = PadToWindow(inner, model.features.n_fft).eval()
         example, name, axes = wave, "waveforms", {0: "batch", 1: "samples"}
     else:

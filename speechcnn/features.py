@@ -1,9 +1,7 @@
 """Waveform -> log-mel (or MFCC) features, computed by torchaudio inside the model.
 
-Frames are not centred (no reflection padding): frame t covers samples
-[t * hop, t * hop + n_fft). That makes every frame a function of its own samples only,
-so a clip padded with zeros gives the same frames as the clip alone, and a streamer can
-compute the same frames chunk by chunk.
+Frames are not centred: frame t covers samples [t * hop, t * hop + n_fft), a function of its
+own samples only, so zero padding changes no frame and a streamer computes the same frames.
 """
 
 from __future__ import annotations

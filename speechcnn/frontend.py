@@ -15,15 +15,12 @@ import torch
 from torch import Tensor, nn
 
 # How `FrequencyCNN.forward` lays out its (k, 1) convolutions, per device type: the same modules
-# and function, in the memory layout the kernels see. "nchw": (B, C, F, T), PyTorch's default;
-# "nhwc": channels_last memory from the first convolution's output on (batch norm, activation
-# and pooling too); "frames": every frame an image of its own, (B*T, C, F, 1) channels_last,
-# with unchanged batch-norm statistics. benchmarks/layout_exactness.py shows they agree (float64:
-# to 1e-13; in float32 rounding can flip a max-pooling near-tie). Chosen by
-# benchmarks/train_throughput.py --cnn-layouts: fwd+bwd of the default's CNN, batch 1024 bf16
-# on an H200, nchw 15.5 ms, nhwc 6.8 ms, frames 28.5 ms (docs/performance.md); batch 64 fp32 on a
-# 2-core CPU, nhwc 10-45% faster than nchw, frames slowest.
-CONV_LAYOUTS = ("nchw", "nhwc", "frames")
+# and function in the memory layout the kernels see. "nchw": (B, C, F, T), PyTorch's default;
+# "nhwc": channels_last from the first convolution's output on. benchmarks/layout_exactness.py
+# shows they agree; benchmarks/train_throughput.py --cnn-layouts chose nhwc (fwd+bwd of the
+# default's CNN: 6.8 ms against 15.5 ms at batch 1024 bf16 on an H200, 10-45% faster at batch
+# 64 fp32 on a 2-core CPU; docs/performance.md).
+CONV_LAYOUTS = ("nchw", "nhwc")
 CONV_LAYOUT: dict[str, str] = {"cpu": "nhwc", "cuda": "nhwc"}
 
 ACTIVATIONS: dict[str, type[nn.Module]] = dict(relu=nn.ReLU, gelu=nn.GELU, silu=nn.SiLU, elu=nn.ELU)
@@ -130,12 +127,6 @@ class FrequencyCNN(nn.Module):
                 f"F={self.in_freq}, T), got {tuple(x.shape)}"
             )
         layout = CONV_LAYOUT.get(x.device.type, "nchw")
-        if layout == "frames":
-            batch, channels, freq, frames = x.shape
-            # (B, C, F, T) -> (B, T, C, F) -> (B*T, C, F, 1): one image per frame
-            x = x.permute(0, 3, 1, 2).reshape(batch * frames, channels, freq, 1)
-            x = self.layers(x.contiguous(memory_format=torch.channels_last))  # (B*T, C', F', 1)
-            return x.reshape(batch, frames, self.out_features)  # (B*T, C', F', 1) -> (B, T, C'*F')
         if layout == "nhwc":
             for block in self.layers:
                 for module in block:

@@ -1,7 +1,4 @@
-"""The full classifier: waveform -> log-mel -> frequency-only CNN -> LSTM -> logits.
-
-Plain nn.Modules: nothing here imports Lightning.
-"""
+"""The classifier, plain nn.Modules: waveform -> log-mel -> frequency-only CNN -> LSTM -> logits."""
 
 from __future__ import annotations
 

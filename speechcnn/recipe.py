@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import yaml
 
-from speechcnn.cli import SpeechCNNCLI
+from speechcnn.cli import build_cli
 from speechcnn.errors import run_reporting_errors
 from speechcnn.report import write_test_report
 from speechcnn.resume import check_resumable
@@ -52,10 +51,7 @@ def run_recipe(config: str | Path, argv: list[str]) -> dict:
     """Train with `config` plus `--section.key value` overrides (resuming the run folder's
     last.ckpt), test the `test_checkpoint` (`last` epoch or `best` validation accuracy), write
     `write_test_report`'s files to the run's log folder and return the metrics."""
-    with warnings.catch_warnings():
-        # The recipe passes its own config ahead of the command line on purpose.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        cli = SpeechCNNCLI(args=["--config", str(config), *argv], run=False)
+    cli = build_cli(["--config", str(config), *argv], run=False)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     checkpoint, latest = cli.config_init["checkpoint"], cli.config_init["last_checkpoint"]
     last = Path(latest.dirpath) / "last.ckpt" if latest.dirpath else None

@@ -1,10 +1,7 @@
 """Resuming a run exactly, and saying so when a run stops early or cannot be resumed.
 
-`ExactResume` stores the random states of torch, numpy and Python in each checkpoint and
-restores them on resume (Lightning restores weights, optimizer and loops, not the generators),
-so the resumed epochs draw the shuffles, augmentations and dropout of an uninterrupted run. A
-run stopped by SIGTERM or Ctrl-C exits non-zero and keeps last.ckpt: the same command reruns
-the cut-short epoch. `check_resumable` refuses, saying why, a last.ckpt that does not fit.
+Lightning restores weights, optimizer and loops but not the random generators: `ExactResume`
+stores them in each checkpoint, so resumed epochs draw what an uninterrupted run draws.
 """
 
 from __future__ import annotations

@@ -34,8 +34,7 @@ def config_from_dict(net: dict) -> ClassifierConfig:
     for name in TRAINING_ONLY:
         net.pop(name, None)
     fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
-    unknown = sorted(set(net) - fields)
-    if unknown:
+    if unknown := sorted(set(net) - fields):
         raise ValueError(
             f"model settings {unknown} are not ClassifierConfig fields ({sorted(fields)}): "
             "not a checkpoint of this version's SpeechClassifier"

@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +171,7 @@ def run_wake_word(config: str | Path, argv: list[str]) -> dict:
     """The wake-word recipe: `run_recipe`, then `calibrate_and_test` on its tested checkpoint.
     `--budget_fa_per_hour X` (default 1) is the recipe's own option; the rest is the CLI's."""
     from speechcnn.classify import load_classifier
-    from speechcnn.cli import SpeechCNNCLI
+    from speechcnn.cli import build_cli
     from speechcnn.recipe import run_recipe
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -181,9 +180,7 @@ def run_wake_word(config: str | Path, argv: list[str]) -> dict:
     if own.budget_fa_per_hour <= 0:
         raise ValueError(f"--budget_fa_per_hour must be positive, got {own.budget_fa_per_hour}")
     metrics = run_recipe(config, argv)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        cli = SpeechCNNCLI(args=["--config", str(config), *argv], run=False)
+    cli = build_cli(["--config", str(config), *argv], run=False)
     data = cli.datamodule
     data.run_check()  # leaves out the files the check finds unusable, as training did
     checkpoint = metrics["tested_checkpoint"]

@@ -1,10 +1,5 @@
-"""The data module every data set shares: clips decoded once into the waveform store, splits
-resident on the training device, and the data check.
-
-A data set subclasses `ClipDataModule` and supplies only what is its own: the files of each
-split (`split_items`), clips it makes itself (`extra_clips`, e.g. silence), background noise
-for training (`noise`, read by `speechcnn.augment`) and the check of its files (`data_check`).
-"""
+"""The data module every data set subclasses, supplying only `split_items`, `extra_clips`,
+`noise` and `data_check`: clips decoded once into the waveform store, splits on the device."""
 
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
 """Data check: find every bad audio file and split-list problem before training.
 
-Each file is decoded once and its facts (sample rate, channels, frames, header frames, all-zero,
-non-finite, or the decoding error) are cached by path, size and modification time, so a rerun
-only looks at files that changed. The problems derived from them are unusable (`UNUSABLE`,
-skipped by training; truncated: a WAV whose data chunk is cut short), fixed on load (`FIXABLE`)
-or in the split lists (`LIST_PROBLEMS`); `ACTIONS` says what is done about each.
-`speechcnn check-data ROOT` prints a summary table and writes a JSON report; the data modules
-run the same check (cached) before decoding.
+Each file's facts are cached by path, size and modification time, so a rerun only decodes the
+files that changed. Problems are unusable (`UNUSABLE`, skipped by training), fixed on load
+(`FIXABLE`) or in the split lists (`LIST_PROBLEMS`); `ACTIONS` says what is done about each.
 """
 
 from __future__ import annotations

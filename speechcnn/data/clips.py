@@ -1,8 +1,5 @@
-"""Decoded clips held in memory, and their batches.
-
-Every clip is decoded once into an int16 row of a (N, S) tensor. A batch is a row selection:
-(int16 waveforms, lengths, labels), converted to float after it reaches the device.
-"""
+"""Decoded clips held in memory as int16 rows of an (N, S) tensor, and their batches: row
+selections (int16 waveforms, lengths, labels), converted to float once on the device."""
 
 from __future__ import annotations
 

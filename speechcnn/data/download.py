@@ -1,11 +1,4 @@
-"""Fetching and unpacking data set archives safely: resumable, verified, atomic.
-
-`download_file` streams a URL into `<dest>.part`, resuming it with an HTTP Range request (also
-after a connection cut mid-way, up to `retries` times), checks the sha256 of the whole file and
-only then renames it to `dest`: a file at `dest` is always complete and verified. `extract_tar`
-checks every member first (no absolute paths, no `..`, no links or devices pointing out of the
-target) and extracts into a hidden sibling folder renamed into place when complete.
-"""
+"""Fetching and unpacking data set archives safely: resumable, verified, atomic."""
 
 from __future__ import annotations
 
@@ -55,10 +48,8 @@ def sha256_of(path: str | Path) -> str:
 
 def _progress_bar(total: int | None, initial: int, name: str) -> Callable[[int], None]:
     """A tqdm byte counter on stderr (shown only on a terminal); returns its update function."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm comes with Lightning; without it, no bar
-        return lambda n: None
+    from tqdm import tqdm  # a Lightning dependency
+
     return tqdm(
         total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
         file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,

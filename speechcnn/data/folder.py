@@ -1,9 +1,7 @@
 """Any labelled audio as a data set: a folder with one sub-folder per class, or a CSV manifest.
 
-Clips may have any sample rate, channel count and length: they are resampled, downmixed and
-kept at their own length (a batch is cut to its longest clip and carries the lengths). Without
-a split in the manifest, a file's split is a hash of its path (or of a group key such as the
-speaker): deterministic, and stable when files are added.
+Clips keep their own length (a batch is cut to its longest clip). Without a split in the
+manifest, a file's split is a hash of its path or group key: stable when files are added.
 """
 
 from __future__ import annotations

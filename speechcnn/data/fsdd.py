@@ -1,11 +1,8 @@
 """Free Spoken Digit Dataset: 8 kHz recordings named `{digit}_{speaker}_{take}.wav`.
 
-Labels come from the file names. Two splits:
-
-- "takes", the data set's own: takes 0-4 are the test set, 5-49 training; takes
-  5 .. 5 + val_takes - 1 are held out of training for validation (checkpoint selection).
-- "speakers": every recording of `test_speakers` is the test set (speakers never heard in
-  training); the other speakers' takes 0-4 are validation, the rest training.
+Split "takes", the data set's own: takes 0-4 test, the next `val_takes` validation, the rest
+training. Split "speakers": `test_speakers` are the test set (speakers never heard in
+training), the other speakers' takes 0-4 validation, the rest training.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""Waveform store: every clip decoded once into a memory-mapped int16 cache next to the data.
+"""Waveform store (docs/training.md): every clip decoded once into a memory-mapped int16 cache.
 
-An entry is a folder `<name>-<fingerprint[:16]>/`: `waveforms.i16`, the (N, S) int16 clips read
-back with `np.memmap`, and `index.json` (shape, paths, labels, valid lengths, the files left out,
-sample rate, clip length, fingerprint). The fingerprint hashes each file's path, label, size and
-modification time, the extra clips (e.g. silence), the sample rate, the clip length and the
-format version: a changed, added or removed file gives a new entry, and the old entry of the
-name is deleted. An entry is built in a temporary folder renamed into place in one step, so an
-interrupted run leaves no half-written entry (the next build removes a killed run's folder).
+An entry is a folder `<name>-<fingerprint[:16]>/`: `waveforms.i16`, the (N, S) int16 clips, and
+`index.json` (shape, paths, labels, valid lengths, the files left out, fingerprint, ...).
 """
 
 from __future__ import annotations
@@ -52,8 +47,8 @@ def default_cache_dir(root: str | Path) -> Path:
 
 
 def fingerprint(items: Items, sample_rate: int, num_samples: int | None, extra: Extra = ()) -> str:
-    """Hash of everything the decoded clips depend on (see the module docstring). Files count
-    by path, size and mtime: hashing their bytes would cost as much as decoding them."""
+    """Hash of what the clips depend on: files by path, label, size and mtime (hashing their
+    bytes would cost as much as decoding them), extra clips, rate, length, format version."""
     h = hashlib.sha256()
     h.update(f"v{FORMAT_VERSION} sr={sample_rate} n={num_samples}\n".encode())
     for path, label in items:
