@@ -24,7 +24,8 @@ from speechcnn.spotting import PosteriorTrack, SpotConfig, detect, posterior_tra
 
 FA_POINTS = (0.5, 1.0, 2.0, 5.0)  # false alarms per hour the JSON line reports recall at
 MIN_NEGATIVE_HOURS = 0.5
-THRESHOLDS = np.unique(np.concatenate([np.linspace(0.05, 0.95, 19), 1 - np.logspace(-1.3, -6, 48)]))
+# every 0.01 to 0.99, then ever closer to 1: a detector's useful thresholds sit near its cap
+THRESHOLDS = np.unique(np.concatenate([np.linspace(0.05, 0.99, 95), 1 - np.logspace(-2, -6, 33)]))
 
 
 def detection_ends(
