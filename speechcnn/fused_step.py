@@ -1,10 +1,11 @@
 """A fused, compiled form of `SpeechClassifier.infer` for streaming on the CPU.
 
-At 10-20 ms chunks a stream's cost is the number of operations, not the arithmetic: the
-model's own modules take about 0.62 ms per 20 ms chunk on one CPU thread (a real-time factor
-of 0.031 in benchmarks/inference.py), as PyTorch's kernels are built for batches, not for one
-frame. `FrameStep` computes the same function from copies of the weights in one TorchScript
-call (tests/test_streaming.py); `speechcnn.streaming.Streamer` uses it where it applies.
+At 10-20 ms chunks a stream's cost is the number of operations, not the arithmetic: through
+the model's own modules a 20 ms chunk costs about four times what it costs here
+(benchmarks/inference.py, docs/streaming.md), as PyTorch's kernels are built for batches, not
+for one frame. `FrameStep` computes the same function from copies of the weights in one
+TorchScript call (tests/test_streaming.py); `speechcnn.streaming.Streamer` uses it where it
+applies.
 """
 
 # No `from __future__ import annotations`: TorchScript needs the class-level attribute
@@ -18,10 +19,6 @@ from torch import Tensor, nn
 from speechcnn.features import LogMelFeatures
 from speechcnn.frontend import ACTIVATIONS
 from speechcnn.model import SpeechClassifier, pool_frame
-
-# Largest (F, F' * C') matrix (in elements) for which FrameBatchPath runs the input norm and the
-# first convolution as one matrix product: 40 mel bins into 32 channels take 51,200.
-MAX_DENSE_FIRST_LAYER = 131072
 
 
 class FrameBatchPath(nn.Module):
@@ -69,21 +66,6 @@ class FrameBatchPath(nn.Module):
         # (C_out, C_in, k) -> (C_in, k, C_out) -> (C_in * k, C_out): rows in the order of a
         # frequency window's (C_in, k) values, as `_conv` lays them out
         self.conv_weight = [w.permute(1, 2, 0).reshape(-1, w.shape[0]) for w in self.conv_weight]
-        # A first convolution right after the input norm is an affine map of the features,
-        # (F,) -> (F' * C'): when small, one dense (F, F' * C') matrix is cheaper than the
-        # norm, padding and windows it replaces (their per-operation overhead dominates).
-        n_freq = features.out_features
-        self.first_dense = self.program[:1] == [("conv", 0)] and (
-            n_freq * self.conv_bias[0].shape[0] * n_freq <= MAX_DENSE_FIRST_LAYER
-        )
-        self.register_buffer("first_matrix", torch.zeros(0, 0))
-        self.register_buffer("first_bias", torch.zeros(0))
-        if self.first_dense:
-            normed_basis = torch.diag(self.norm_scale).unsqueeze(2)  # (F, F, 1): scale_f e_f
-            linear = self._conv(normed_basis, 0) - self.conv_bias[0]  # (F, F', C')
-            self.first_matrix = linear.flatten(1)  # (F, F', C') -> (F, F' * C')
-            offset = self._conv(self.norm_shift[None, :, None], 0)  # (1, F', C')
-            self.first_bias = offset.flatten()  # (1, F', C') -> (F' * C',)
 
     def _add(self, name: str, module: nn.Module) -> None:
         after_conv = self.program[-1:] == [("conv", len(self.conv_weight) - 1)]
@@ -139,16 +121,8 @@ class FrameBatchPath(nn.Module):
 
     def embed(self, features: Tensor) -> Tensor:
         """(T, F) features -> (T, D) frame embeddings: the input norm and the front end."""
-        if self.first_dense:
-            # the input norm and the first convolution in one product (see __init__)
-            n_channels = self.conv_bias[0].shape[-1]
-            x = torch.addmm(self.first_bias, features, self.first_matrix)  # (T, F' * C')
-            x = x.view(x.shape[0], -1, n_channels)  # (T, F'*C') -> (T, F', C')
-            program = self.program[1:]
-        else:
-            x = torch.addcmul(self.norm_shift, features, self.norm_scale).unsqueeze(-1)  # (T, F, 1)
-            program = self.program
-        for op, i in program:
+        x = torch.addcmul(self.norm_shift, features, self.norm_scale).unsqueeze(-1)  # (T, F, 1)
+        for op, i in self.program:
             if op == "conv":
                 x = self._conv(x, i)
             elif op == "pool":

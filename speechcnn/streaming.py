@@ -94,11 +94,13 @@ class Streamer:
         """Time in seconds of the last sample that frame index `frame` covers (its end)."""
         return (frame * self.hop + self.n_fft) / self.sample_rate
 
-    @torch.inference_mode()
     def push(self, chunk: Tensor | np.ndarray) -> StreamStep:
         """Feed the next (S,) float samples in [-1, 1] (S >= 0, at the model's sample rate);
         returns the frames they completed: features (F, T) and posteriors (T, K)."""
-        chunk = torch.as_tensor(chunk, dtype=torch.float32)
+        # No autograd context here: the fused step holds constants, so with an input that needs
+        # no gradient it records nothing, and entering inference mode on every call would cost
+        # a tenth of a 20 ms chunk's work; the modules path enters it in `_frames`.
+        chunk = torch.as_tensor(chunk, dtype=torch.float32).detach()
         if chunk.dim() != 1:
             raise ValueError(f"expected a chunk of shape (S,), got {tuple(chunk.shape)}")
         self.samples_seen += chunk.shape[0]
@@ -129,9 +131,12 @@ class Streamer:
             features, posteriors, *state = self._step(span, *self._state)  # (T, F), (T, K)
             self._state = tuple(state)
             return features.T, posteriors  # (T, F) -> (F, T)
-        # (S,) -> (1, S); out (1, F, T) and (1, T, K)
-        features, logits, self._state = self.model.infer(span.to(self._device)[None], self._state)
-        return features[0].cpu(), logits[0].softmax(dim=-1).cpu()
+        with torch.inference_mode():
+            # (S,) -> (1, S); out (1, F, T) and (1, T, K)
+            features, logits, self._state = self.model.infer(
+                span.to(self._device)[None], self._state
+            )
+            return features[0].cpu(), logits[0].softmax(dim=-1).cpu()
 
 
 def stream_posteriors(
