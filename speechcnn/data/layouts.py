@@ -57,12 +57,31 @@ def main(argv: list[str] | None = None) -> None:
         description="Data check: find every bad audio file and split-list problem before training.",
     )
     parser.add_argument("root", help="data folder (or the base folder of --manifest paths)")
-    parser.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto")
-    parser.add_argument("--manifest", help="CSV manifest (path,label[,split]) for a folder")
+    parser.add_argument(
+        "--layout",
+        choices=("auto", *LAYOUTS),
+        default="auto",
+        help="how the folder is laid out (default: auto, recognised from its contents)",
+    )
+    parser.add_argument(
+        "--manifest", help="CSV manifest (path,label[,split]) for a folder (default: none)"
+    )
     parser.add_argument("--sample-rate", type=int, help="expected rate (default: by layout)")
-    parser.add_argument("--max-seconds", type=float, help="flag clips longer than this")
-    parser.add_argument("--report", default="check_data_report.json", help="JSON report path")
-    parser.add_argument("--no-cache", action="store_true", help="re-read every file")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="flag clips longer than this (default: 1.5 for Speech Commands, else none)",
+    )
+    parser.add_argument(
+        "--report",
+        default="check_data_report.json",
+        help="JSON report path (default: check_data_report.json)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-read every file (default: reuse the cached results)",
+    )
     parser.add_argument("--cache-dir", help=f"cache folder (default {cache_home()})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
