@@ -50,6 +50,17 @@ def test_splits_are_disjoint_and_seeded(recordings, tmp_path):
         WakeWordDataModule(str(recordings / "wake"), [str(tmp_path / "missing")])
 
 
+def test_a_negative_root_above_the_phrase_leaves_the_phrase_out(recordings, monkeypatch):
+    # The default roots are relative and hold the phrase's own folder (../shared/data/
+    # wake_words/computer under ../shared/data/wake_words): none of its recordings may become
+    # a negative, however the two paths are written.
+    monkeypatch.chdir(recordings / "other")
+    data = WakeWordDataModule("../wake", [".."], noise_dir="../noise", check=False)
+    negatives = [f for s in ("train", "val", "test") for f in data.negative_files(s)]
+    assert negatives and not [f for f in negatives if f.resolve().parent.name == "wake"]
+    assert len([f for f in negatives if f.resolve().parent.name == "other"]) == 80
+
+
 def test_recipe_calibrates_stores_the_threshold_and_spot_uses_it(
     recordings, tmp_path, monkeypatch, capsys
 ):

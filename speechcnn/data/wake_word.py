@@ -39,9 +39,13 @@ def audio_files_any(root: Path) -> list[Path]:
 
 
 def audio_files(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Audio files under `root`, sorted, without background-noise folders or `exclude`."""
+    """Audio files under `root`, sorted, without background-noise folders or `exclude` (the
+    phrase's own folder inside a negative root, however either path is written)."""
     files = [p for p in audio_files_any(root) if NOISE_DIR not in p.parts]
-    return [p for p in files if exclude is None or not p.is_relative_to(exclude)]
+    if exclude is None:
+        return files
+    exclude = exclude.resolve()
+    return [p for p in files if not p.resolve().is_relative_to(exclude)]
 
 
 def loudest_window(samples: np.ndarray, num_samples: int) -> np.ndarray:
