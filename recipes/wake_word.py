@@ -12,7 +12,7 @@ measures the test recordings against a long negative stream. Ends with one JSON 
 import sys
 from pathlib import Path
 
-from speechcnn.wake_word import wake_word_main
+from speechcnn.calibration import wake_word_main
 
 if __name__ == "__main__":
     wake_word_main(Path(__file__).with_name("wake_word.yaml"), sys.argv[1:])

@@ -90,6 +90,7 @@ class SpeechCNNCLI(LightningCLI):
 # Subcommands beyond Lightning's fit/validate/test/predict: name -> "module:function", where the
 # function takes the remaining arguments (list[str]). Imported only when called.
 EXTRA_COMMANDS: dict[str, str] = {
+    "calibrate": "speechcnn.calibration:cli",
     "classify": "speechcnn.classify:cli",
     "spot": "speechcnn.spotting:cli",
     "listen": "speechcnn.listen:cli",

@@ -33,6 +33,8 @@ class SpotConfig:
 
     Args:
         threshold: smoothed posterior a keyword must reach.
+        keyword_thresholds: per-keyword thresholds (a calibration's), replacing `threshold`
+            for the keywords they name.
         smooth_s: length of the causal moving average over the posterior track.
         refractory_s: a run above the threshold starting this soon after a detection is ignored.
         mode: "window" or "stream" (see the module docstring).
@@ -49,10 +51,13 @@ class SpotConfig:
     window_s: float = 1.0
     hop_s: float = 0.05
     centre_s: float | None = 0.15
+    keyword_thresholds: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        own = {f"threshold of {k}": v for k, v in (self.keyword_thresholds or {}).items()}
+        for name, value in {"threshold": self.threshold, **own}.items():
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
         for name in ("smooth_s", "refractory_s", "window_s", "hop_s", "centre_s"):
             value = getattr(self, name)
             if value is not None and (value < 0 if name[0] in "sr" else value <= 0):
@@ -239,8 +244,9 @@ class Detector:
     Scores are the keyword posteriors (0 where a row's sound is off-centre) smoothed by a
     causal moving average over `smooth_s`. Each run of rows with some keyword at or above the
     threshold gives one detection when it ends: the keyword and row with the highest score in
-    the run (so a wrong word that crosses first does not hide the right one that peaks later),
-    with that row's span as start and end; a run that starts within `refractory_s` of a
+    the run (so a wrong word that crosses first does not hide the right one that peaks later;
+    with per-keyword thresholds, the highest score relative to its keyword's threshold), with
+    that row's span as start and end; a run that starts within `refractory_s` of a
     detection's end is skipped. Every row's result depends on its rows alone, so any split of
     a track into parts gives the same detections.
 
@@ -253,10 +259,15 @@ class Detector:
     def __init__(self, class_names: list[str], config: SpotConfig, step_s: float) -> None:
         self.names, self.config = class_names, config
         self.keyword_ids = [i for i, name in enumerate(class_names) if name not in NOT_KEYWORDS]
+        own = config.keyword_thresholds or {}
+        # (K_kw,) each keyword's threshold
+        self.thresholds = np.array(
+            [own.get(class_names[i], config.threshold) for i in self.keyword_ids]
+        )
         self.width = max(1, round(config.smooth_s / step_s))
         self.tail = np.zeros((self.width - 1, len(self.keyword_ids)))  # rows before this part
         self.rows_seen = 0
-        self.run: list | None = None  # [first row's end, peak score, keyword, end, span]
+        self.run: list | None = None  # [first row's end, peak rank, keyword, end, span, score]
         self.blocked_until = -np.inf
 
     def step(self, track: PosteriorTrack) -> list[Detection]:
@@ -272,25 +283,27 @@ class Detector:
         counts = np.minimum(np.arange(self.rows_seen + 1, self.rows_seen + n + 1), self.width)
         scores = sums / counts[:, None]
         self.tail, self.rows_seen = rows[len(rows) - self.width + 1 :], self.rows_seen + n
-        above = scores.max(axis=1) >= self.config.threshold  # (N,)
+        above = (scores >= self.thresholds).any(axis=1)  # (N,)
+        ranks = scores / self.thresholds  # (N, K_kw): 1 at each keyword's threshold
         bounds = [0, *(np.flatnonzero(np.diff(above.astype(np.int8))) + 1), n]
         detections: list[Detection] = []
         for a, b in zip(bounds[:-1], bounds[1:], strict=False):
             if not above[a]:
                 detections += self.finish()
                 continue
-            # (run rows, keywords) -> the highest score's row and keyword
-            row, keyword = np.unravel_index(np.argmax(scores[a:b]), scores[a:b].shape)
+            # (run rows, keywords) -> the highest rank's row and keyword
+            row, keyword = np.unravel_index(np.argmax(ranks[a:b]), ranks[a:b].shape)
             row = a + int(row)
             if self.run is None:
-                self.run = [float(track.ends[a]), -1.0, 0, 0.0, 0.0]
-            if scores[row, keyword] > self.run[1]:  # the first highest wins, as in one part
+                self.run = [float(track.ends[a]), -1.0, 0, 0.0, 0.0, 0.0]
+            if ranks[row, keyword] > self.run[1]:  # the first highest wins, as in one part
                 span = float(track.spans[row])
                 self.run[1:] = [
-                    float(scores[row, keyword]),
+                    float(ranks[row, keyword]),
                     int(keyword),
                     float(track.ends[row]),
                     span,
+                    float(scores[row, keyword]),
                 ]
             if b < n:
                 detections += self.finish()
@@ -300,7 +313,7 @@ class Detector:
         """The detection of the run in progress, if any, as if the next row fell below."""
         if self.run is None:
             return []
-        first_end, score, keyword, end, span = self.run
+        first_end, _, keyword, end, span, score = self.run
         self.run = None
         if first_end < self.blocked_until:
             # A run that starts inside the refractory period is most likely the word just
@@ -348,7 +361,7 @@ def spot(
 
 
 OPTION_HELPS = {
-    "threshold": "smoothed keyword posterior that makes a detection",
+    "threshold": "smoothed keyword posterior that makes a detection, for every keyword",
     "smooth_s": "seconds of the causal moving average over the posteriors",
     "refractory_s": "seconds after a detection in which a new one is ignored",
     "mode": "window: the classifier on sliding windows, any model; stream: the exact "
@@ -381,10 +394,13 @@ def spot_config(args: argparse.Namespace, calibration: dict | None) -> SpotConfi
         ValueError: a setting out of range (the message names it).
     """
     settings = dict((calibration or {}).get("spot", {}))
+    if args.threshold is not None:
+        settings.pop("keyword_thresholds", None)  # --threshold is every keyword's
     settings.update({k: getattr(args, k) for k in OPTION_HELPS if getattr(args, k) is not None})
     if settings.get("centre_s") == 0:
         settings["centre_s"] = None  # --centre-s 0 counts every window
-    return SpotConfig(**{k: v for k, v in settings.items() if k in OPTION_HELPS})
+    known = {*OPTION_HELPS, "keyword_thresholds"}
+    return SpotConfig(**{k: v for k, v in settings.items() if k in known})
 
 
 def print_detections(

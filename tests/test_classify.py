@@ -27,13 +27,13 @@ TINY = ClassifierConfig(
 )
 
 
-def make_checkpoint(path, net=TINY, seed=0):
+def make_checkpoint(path, net=TINY, seed=0, classes=CLASSES):
     """A checkpoint of a random-weight tiny model, laid out as LightningCLI saves one
     (hyperparameters as plain data plus the CLI's instantiator)."""
     torch.manual_seed(seed)
-    module = SpeechClassifierModule(CLASSES, 16000, net=net)
+    module = SpeechClassifierModule(classes, 16000, net=net)
     hparams = {
-        "class_names": CLASSES,
+        "class_names": classes,
         "sample_rate": 16000,
         "net": dataclasses.asdict(net),
         "_instantiator": "pytorch_lightning.cli.instantiate_module",

@@ -13,7 +13,7 @@ def option_blocks(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "command", ["classify", "spot", "listen", "export", "check-data", "fit", "test"]
+    "command", ["calibrate", "classify", "spot", "listen", "export", "check-data", "fit", "test"]
 )
 def test_every_option_has_a_help_text_with_its_default(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

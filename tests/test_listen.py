@@ -13,9 +13,9 @@ from test_classify import make_checkpoint
 from test_streaming import recording
 
 from speechcnn import listen, spotting
+from speechcnn.calibration import store_calibration
 from speechcnn.classify import load_classifier
 from speechcnn.spotting import SpotConfig, posterior_track
-from speechcnn.wake_word import store_calibration
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,15 @@ def test_a_calibrated_checkpoint_brings_its_threshold(setup, capsys, tmp_path):
     # an option still overrides the calibration
     louder = output(spotting.main, [str(calibrated), str(audio), "--threshold", "0.99"], capsys)
     assert louder == []
+    # per-keyword thresholds: one out of reach silences that keyword; --threshold replaces all
+    names = load_classifier(calibrated).class_names
+    heard = {found["keyword"] for found in expected}
+    muted = {name: 1.0 for name in heard}
+    spot = dataclasses.replace(spot, keyword_thresholds=muted)
+    store_calibration(calibrated, {"spot": dataclasses.asdict(spot)})
+    assert output(spotting.main, [str(calibrated), str(audio)], capsys) == []
+    assert output(spotting.main, [str(calibrated), str(audio), *given], capsys) == expected
+    assert heard and heard <= set(names)
 
 
 def test_without_sounddevice_listen_says_what_to_install(setup, capsys, monkeypatch):

@@ -103,6 +103,21 @@ def test_a_run_reports_its_highest_keyword_not_the_first_to_cross():
     assert found.end == pytest.approx(0.625)
 
 
+def test_keyword_thresholds_replace_the_threshold_for_their_keywords():
+    track = synthetic_track([(2, 50, 60, 0.6), (3, 200, 210, 0.7)])
+    plain = SpotConfig(threshold=0.65, smooth_s=0.0, refractory_s=0.3)
+    assert [d.keyword for d in detect(track, NAMES, plain)] == ["no"]
+    own = SpotConfig(threshold=0.65, smooth_s=0.0, refractory_s=0.3,
+                     keyword_thresholds={"yes": 0.5, "no": 0.9})  # fmt: skip
+    (found,) = detect(track, NAMES, own)
+    assert found.keyword == "yes" and found.score == pytest.approx(0.6)
+    # In one run the keyword furthest above its own threshold wins: "no" at 0.7 is under 0.9.
+    overlap = synthetic_track([(2, 50, 59, 0.6), (3, 60, 80, 0.7)])
+    assert [d.keyword for d in detect(overlap, NAMES, own)] == ["yes"]
+    with pytest.raises(ValueError, match="threshold of no"):
+        SpotConfig(keyword_thresholds={"no": 1.5})
+
+
 def test_smoothing_suppresses_a_short_spike_and_silence_never_fires():
     track = synthetic_track([(2, 50, 51, 0.99), (1, 200, 260, 0.99)])  # 2-frame spike; unknown
     assert detect(track, NAMES, SpotConfig(threshold=0.8, smooth_s=0.0)) != []

@@ -302,6 +302,25 @@ class SpeechCommandsDataModule(ClipDataModule):
         silence = cut_silence(self.noise(), n_silence, self.num_samples, rng, rms)
         return [(s, 0, f"{SILENCE}/{split}_{i}") for i, s in enumerate(silence)]
 
+    eval_negatives = "held-out words"  # calibration's test negatives: the testing split's
+
+    def calibration_set(self, split: str) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
+        """Each keyword's clips of `split` and all its clips of other words (not the subsample
+        `_unknown_` trains on); silence is the gaps' noise. Test uses `test_root` when set."""
+        if split == "test" and self.test_root is not None:
+            items = official_test_items(self.test_root, self.class_names)
+            words = [(path, self.class_names[label]) for path, label in items]
+        else:
+            if self._index is None:
+                self._index = index_speech_commands(self.root, self.split_lists)
+            words = [(self.root / rel, w) for rel, w in self._index[split]]
+        words = [(path, w) for path, w in words if w != SILENCE and str(path) not in self.unusable]
+        positives: dict[str, list[np.ndarray]] = {w: [] for w in self.keywords}
+        negatives: list[np.ndarray] = []
+        for samples, word, _ in iter_decoded(words, self.sample_rate, skipped=[]):
+            (positives[word] if word in positives else negatives).append(samples)
+        return positives, negatives
+
     def noise(self) -> list[np.ndarray]:
         """Background-noise recordings (read once)."""
         if self._noise is None:

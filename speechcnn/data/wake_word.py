@@ -204,6 +204,23 @@ class WakeWordDataModule(ClipDataModule):
         files = [path for root in roots for path in audio_files(root, exclude=self.keyword_dir)]
         return [path for path in files if split_of_path(path, self.seed) == split]
 
+    @property
+    def eval_negatives(self) -> str:
+        """Where calibration's test negatives come from."""
+        return "eval_negative_roots" if self.eval_negative_roots else "held-out negatives"
+
+    def calibration_set(self, split: str) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
+        """The phrase's whole recordings of `split` and the split's negative recordings; for
+        "test", every recording of eval_negative_roots when given (speech the training never
+        saw), else the held-out share of the negatives."""
+        positives = {self.phrase: self.recordings(self.positive_files(split))}
+        if split == "test" and self.eval_negative_roots:
+            roots = self.eval_negative_roots
+            files = [f for part in SPLITS for f in self.negative_files(part, roots)]
+        else:
+            files = self.negative_files(split)
+        return positives, self.recordings(files)
+
     def recordings(self, files: list[Path]) -> list[np.ndarray]:
         """Whole decoded recordings of `files`; unusable ones are named in the log, skipped."""
         usable = [(path, 0) for path in files if str(path) not in self.unusable]
