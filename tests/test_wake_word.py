@@ -61,6 +61,18 @@ def test_a_negative_root_above_the_phrase_leaves_the_phrase_out(recordings, monk
     assert len([f for f in negatives if f.resolve().parent.name == "other"]) == 80
 
 
+def test_eval_negative_roots_replace_the_test_negatives_only(recordings, tmp_path):
+    data = WakeWordDataModule(
+        str(recordings / "wake"), [str(recordings / "other")], noise_dir=str(recordings / "noise"),
+        eval_negative_roots=[str(recordings / "noise")], check=False,
+    )  # fmt: skip
+    positives, negatives = data.calibration_set("test")
+    assert [len(r) for r in negatives] == [len(r) for r in data.noise()]  # all of it, every split
+    assert 0 < len(positives["wake"]) <= 6 and data.eval_negatives == "eval_negative_roots"
+    _, validation = data.calibration_set("val")
+    assert len(validation) == len(data.negative_files("val")) > 0
+
+
 def test_recipe_calibrates_stores_the_threshold_and_spot_uses_it(
     recordings, tmp_path, monkeypatch, capsys
 ):
