@@ -15,33 +15,15 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from speechcnn.checkpoints import load_checkpoint
+from speechcnn.data.base import ClipDataModule
 from speechcnn.data.wake_word import join_with_gaps
 from speechcnn.model import SpeechClassifier
 from speechcnn.spotting import PosteriorTrack, SpotConfig, detect, posterior_track
-
-
-class CalibrationData(Protocol):
-    """What calibration needs of a data module (WakeWordDataModule, SpeechCommandsDataModule)."""
-
-    num_samples: int
-    sample_rate: int
-    seed: int
-    eval_negatives: str  # where the test negatives come from, for the summary
-
-    def calibration_set(self, split: str) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
-        """Each keyword's recordings of `split`, and its recordings of no keyword."""
-        ...
-
-    def noise(self) -> list[np.ndarray]:
-        """Background noise for the gaps between recordings."""
-        ...
-
 
 FA_POINTS = (0.5, 1.0, 2.0, 5.0)  # false alarms per hour the JSON line reports recall at
 MIN_NEGATIVE_HOURS = 0.5
@@ -175,7 +157,7 @@ def store_calibration(checkpoint: str | Path, calibration: dict) -> None:
 def calibrate_and_test(
     model: SpeechClassifier,
     class_names: list[str],
-    data: CalibrationData,
+    data: ClipDataModule,
     checkpoint: str | Path,
     run_dir: Path,
     budget_fa_per_hour: float = 1.0,
@@ -184,7 +166,9 @@ def calibrate_and_test(
     """Choose each keyword's threshold on the validation streams for an even share of the
     budget, store them in `checkpoint`, measure the test streams, write det.png and det.json
     into `run_dir`, and return the summary (one keyword's figures at the top level; several
-    keywords' means there, each keyword's figures under "keywords")."""
+    keywords' means there, each keyword's figures under "keywords"). `data` gives
+    `calibration_set(split)` (each keyword's recordings, recordings of no keyword), `noise()`
+    and `eval_negatives`: WakeWordDataModule and SpeechCommandsDataModule do."""
     if budget_fa_per_hour <= 0:
         raise ValueError(f"budget_fa_per_hour must be positive, got {budget_fa_per_hour}")
     window_s = data.num_samples / data.sample_rate
@@ -225,20 +209,21 @@ def calibrate_and_test(
             "test_fa_per_hour_at_threshold": fa,
             "test_positives": curve["positives"],
         }
-    mean = {
-        str(x): round(
-            float(np.mean([k["recall_at_fa_per_hour"][str(x)] for k in keywords.values()])), 4
-        )
-        for x in FA_POINTS
+
+    def mean(key: str) -> float:
+        return round(float(np.mean([k[key] for k in keywords.values()])), 4)
+
+    points = [str(x) for x in FA_POINTS]
+    recall = {
+        x: round(float(np.mean([k["recall_at_fa_per_hour"][x] for k in keywords.values()])), 4)
+        for x in points
     }
     summary = {
         "keywords_calibrated": list(keywords),
-        "recall_at_1_fa_per_hour": mean["1.0"],
-        "recall_at_fa_per_hour": mean,
+        "recall_at_1_fa_per_hour": recall["1.0"],
+        "recall_at_fa_per_hour": recall,
         "threshold": spot.threshold,
-        "test_recall_at_threshold": round(
-            float(np.mean([k["test_recall_at_threshold"] for k in keywords.values()])), 4
-        ),
+        "test_recall_at_threshold": mean("test_recall_at_threshold"),
         "test_fa_per_hour_at_threshold": round(
             sum(k["test_fa_per_hour_at_threshold"] for k in keywords.values()), 3
         ),
@@ -254,9 +239,10 @@ def calibrate_and_test(
     return summary
 
 
-def calibrate_checkpoint(argv: list[str]) -> dict:
+def calibrate_checkpoint(argv: list[str], extra: dict | None = None) -> dict:
     """`speechcnn calibrate --config CONFIG --ckpt_path CKPT [--budget_fa_per_hour X]`: the
-    thresholds of a trained checkpoint for a budget, stored in it; prints the summary."""
+    thresholds of a trained checkpoint for a budget, stored in it; prints the summary (with
+    `extra`'s items) as one JSON line and returns it."""
     from speechcnn.classify import load_classifier
     from speechcnn.cli import build_cli
 
@@ -272,13 +258,8 @@ def calibrate_checkpoint(argv: list[str]) -> dict:
         help="the run's config.yaml or the recipe's YAML; repeat to stack (required)",
     )  # fmt: skip
     parser.add_argument("--ckpt_path", required=True, help="the trained checkpoint (required)")
-    parser.add_argument(
-        "--budget_fa_per_hour", type=float, default=1.0,
-        help="false alarms per hour allowed, shared evenly by the keywords (default: 1)",
-    )  # fmt: skip
+    add_budget_option(parser)
     own, rest = parser.parse_known_args(argv)
-    if own.budget_fa_per_hour <= 0:
-        raise ValueError(f"--budget_fa_per_hour must be positive, got {own.budget_fa_per_hour}")
     configs = [arg for path in own.config for arg in ("--config", path)]
     data = build_cli([*configs, *rest], run=False).datamodule
     if not hasattr(data, "calibration_set"):
@@ -288,35 +269,37 @@ def calibrate_checkpoint(argv: list[str]) -> dict:
     run_dir = Path(own.ckpt_path).parent.parent
     summary = calibrate_and_test(
         loaded.model, loaded.class_names, data, own.ckpt_path, run_dir, own.budget_fa_per_hour
-    )
+    ) | (extra or {})
     print(json.dumps(summary), flush=True)
     return summary
+
+
+def add_budget_option(parser: argparse.ArgumentParser) -> None:
+    """`--budget_fa_per_hour X`, a positive number (default 1)."""
+
+    def positive(text: str) -> float:
+        if not float(text) > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return float(text)
+
+    parser.add_argument(
+        "--budget_fa_per_hour", type=positive, default=1.0,
+        help="false alarms per hour allowed, shared evenly by the keywords (default: 1)",
+    )  # fmt: skip
 
 
 def run_wake_word(config: str | Path, argv: list[str]) -> dict:
-    """The wake-word recipe: `run_recipe`, then `calibrate_and_test` on its tested checkpoint.
-    `--budget_fa_per_hour X` (default 1) is the recipe's own option; the rest is the CLI's."""
-    from speechcnn.classify import load_classifier
-    from speechcnn.cli import build_cli
+    """The wake-word recipe: `run_recipe` (its own `--budget_fa_per_hour X` aside), then
+    `calibrate_checkpoint` on the tested checkpoint, with test accuracy and training time."""
     from speechcnn.recipe import run_recipe
 
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--budget_fa_per_hour", type=float, default=1.0)
-    own, argv = parser.parse_known_args(argv)
-    if own.budget_fa_per_hour <= 0:
-        raise ValueError(f"--budget_fa_per_hour must be positive, got {own.budget_fa_per_hour}")
-    metrics = run_recipe(config, argv)
-    data = build_cli(["--config", str(config), *argv], run=False).datamodule
-    data.run_check()  # leaves out the files the check finds unusable, as training did
-    checkpoint = metrics["tested_checkpoint"]
-    loaded = load_classifier(checkpoint)
-    run_dir = Path(checkpoint).parent.parent
-    summary = calibrate_and_test(
-        loaded.model, loaded.class_names, data, checkpoint, run_dir, own.budget_fa_per_hour
-    )
-    summary |= {key: metrics.get(key) for key in ("test_accuracy", "train_seconds")}
-    print(json.dumps(summary), flush=True)
-    return summary
+    budget = argparse.ArgumentParser(prog=Path(config).stem, add_help=False)
+    add_budget_option(budget)
+    _, training = budget.parse_known_args(argv)  # a bad budget fails before training
+    metrics = run_recipe(config, training)
+    extra = {key: metrics.get(key) for key in ("test_accuracy", "train_seconds")}
+    checkpoint = str(metrics["tested_checkpoint"])
+    return calibrate_checkpoint(["--config", str(config), *argv, "--ckpt_path", checkpoint], extra)
 
 
 def wake_word_main(config: str | Path, argv: list[str]) -> None:

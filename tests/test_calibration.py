@@ -54,3 +54,11 @@ def test_calibrate_names_what_it_needs(capsys):
         main(["calibrate", "--config", "recipes/speech_commands.yaml"])
     assert exit_info.value.code == 2
     assert "--ckpt_path" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_budget_that_is_not_positive_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--config", "recipes/speech_commands.yaml", "--ckpt_path", "x.ckpt",
+              "--budget_fa_per_hour", "0"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--budget_fa_per_hour: must be positive, got 0" in capsys.readouterr().err
