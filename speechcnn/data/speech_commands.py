@@ -273,11 +273,8 @@ class SpeechCommandsDataModule(ClipDataModule):
         """(path, label) word clips of a split, and how many silence clips it gets."""
         if split == "test" and self.test_root is not None:
             return official_test_items(self.test_root, self.class_names), 0
-        if self._index is None:
-            self._index = index_speech_commands(self.root, self.split_lists)
         # Unusable files go before the unknown subsampling, which draws from what is left.
-        rows = [(self.root / rel, w) for rel, w in self._index[split]]
-        rows = [(path, w) for path, w in rows if str(path) not in self.unusable]
+        rows = self._word_rows(split)
         label_of = {name: i for i, name in enumerate(self.class_names)}
         if self.task == "35":
             return [(path, label_of[w]) for path, w in rows if w in label_of], 0
@@ -289,6 +286,13 @@ class SpeechCommandsDataModule(ClipDataModule):
             keep = sorted(rng.choice(len(unknown), per_class, replace=False))
             unknown = [unknown[i] for i in keep]
         return keywords + unknown, per_class
+
+    def _word_rows(self, split: str) -> list[tuple[Path, str]]:
+        """(path, word) of every usable clip of a split of `root` (silence aside)."""
+        if self._index is None:
+            self._index = index_speech_commands(self.root, self.split_lists)
+        rows = [(self.root / rel, w) for rel, w in self._index[split]]
+        return [(path, w) for path, w in rows if str(path) not in self.unusable]
 
     def split_items(self, split: str) -> Items:
         return self._split_items(split)[0]
@@ -309,12 +313,10 @@ class SpeechCommandsDataModule(ClipDataModule):
         `_unknown_` trains on); silence is the gaps' noise. Test uses `test_root` when set."""
         if split == "test" and self.test_root is not None:
             items = official_test_items(self.test_root, self.class_names)
-            words = [(path, self.class_names[label]) for path, label in items]
+            words = [(p, self.class_names[k]) for p, k in items if str(p) not in self.unusable]
         else:
-            if self._index is None:
-                self._index = index_speech_commands(self.root, self.split_lists)
-            words = [(self.root / rel, w) for rel, w in self._index[split]]
-        words = [(path, w) for path, w in words if w != SILENCE and str(path) not in self.unusable]
+            words = self._word_rows(split)
+        words = [(path, w) for path, w in words if w != SILENCE]
         positives: dict[str, list[np.ndarray]] = {w: [] for w in self.keywords}
         negatives: list[np.ndarray] = []
         for samples, word, _ in iter_decoded(words, self.sample_rate, skipped=[]):
