@@ -21,6 +21,10 @@ the clips is the validation split the recipe needs. The split lists of each fold
 to `<out-dir>/folds/`, and the runs are told them with `--data.split_lists`. Each
 configuration's line then gives the mean accuracy over folds (and seeds) and its standard
 error (the standard deviation over folds / sqrt(K)).
+
+`--recipe free_spoken_digits` layers the configurations on recipes/free_spoken_digits.yaml
+instead; its folds deal FSDD's speakers out (five speakers, `--folds 5`: each tested once,
+never heard in training, with the recipe's `speakers` split).
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "speech_commands.yaml"
+# the recipes cross-validation knows the speakers of, and their data folders beside ../shared
+RECIPES = {
+    "speech_commands": RECIPE,
+    "free_spoken_digits": RECIPE.with_name("free_spoken_digits.yaml"),
+}
+DATA_ROOTS = {
+    "speech_commands": Path("../shared/data/speech_commands_dev"),
+    "free_spoken_digits": Path("../shared/data/fsdd/recordings"),
+}
 SILENCE = Path("../shared/data/official_silence")  # beside --data-root's default
 
 
@@ -62,16 +75,18 @@ def config_file(config: str) -> Path | None:
     return path
 
 
-def merged_config(config: str) -> dict:
+def merged_config(config: str, recipe: Path = RECIPE) -> dict:
     """The recipe's YAML with the configuration merged in (later keys win, sections merge)."""
     layer = config_file(config)
-    return stacked_config([RECIPE] + ([layer] if layer else []))
+    return stacked_config([recipe] + ([layer] if layer else []))
 
 
-def fingerprint(config: str, seed: int, data_root: Path, fold: Path | None = None) -> str:
+def fingerprint(
+    config: str, seed: int, data_root: Path, fold: Path | None = None, recipe: Path = RECIPE
+) -> str:
     """What a run's result depends on: the merged settings, the seed, the data folder and,
-    in cross-validation, the fold's split lists."""
-    settings = merged_config(config)
+    in cross-validation, the fold's lists."""
+    settings = merged_config(config, recipe)
     settings["data"]["init_args"].pop("root", None)
     lists = [] if fold is None else [(fold / n).read_text() for n in sorted(os.listdir(fold))]
     key = json.dumps([settings, seed, str(data_root.resolve()), lists], sort_keys=True)
@@ -126,6 +141,22 @@ def speaker_folds(data_root: Path, folds: int, out_dir: Path, seed: int = 0) -> 
     return paths
 
 
+def digit_speaker_folds(data_root: Path, folds: int, out_dir: Path) -> list[Path]:
+    """FSDD's speakers (file names `{digit}_{speaker}_{take}.wav`) dealt into `folds` folds;
+    fold k's folder holds test_speakers.txt. The recipe's `speakers` split validates on the
+    other speakers' first takes."""
+    speakers = sorted({p.stem.split("_")[1] for p in data_root.glob("*_*_*.wav")})
+    if len(speakers) < folds:
+        raise ValueError(f"{data_root}: {len(speakers)} speakers cannot make {folds} folds")
+    paths = []
+    for k in range(folds):
+        fold_dir = out_dir / f"speakers{folds}" / f"fold{k}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "test_speakers.txt").write_text("\n".join(speakers[k::folds]) + "\n")
+        paths.append(fold_dir)
+    return paths
+
+
 def row_name(config: str) -> str:
     return "recipe" if config == "recipe" else Path(config).stem
 
@@ -133,7 +164,7 @@ def row_name(config: str) -> str:
 def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace) -> dict:
     """Train and test one configuration with one seed (on one fold's split lists, in
     cross-validation), or read back its finished run."""
-    stamp = fingerprint(config, seed, args.data_root, fold)
+    stamp = fingerprint(config, seed, args.data_root, fold, RECIPES[args.recipe])
     where = "" if fold is None else f"{fold.parent.name}-{fold.name}-"
     run_dir = args.out_dir / row_name(config) / f"{where}seed{seed}-{stamp}"
     result_file = run_dir / "result.json"
@@ -144,7 +175,7 @@ def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace)
             result_file.write_text(json.dumps(result, indent=2) + "\n")
         return result
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "recipes" / "speech_commands.py")]
+    command = [sys.executable, str(RECIPES[args.recipe].with_suffix(".py"))]
     if (layer := config_file(config)) is not None:
         command += ["--config", str(layer)]
     command += [
@@ -153,7 +184,10 @@ def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace)
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
-    if fold is not None:
+    if fold is not None and (fold / "test_speakers.txt").is_file():
+        speakers = (fold / "test_speakers.txt").read_text().split()
+        command += ["--data.split", "speakers", "--data.test_speakers", json.dumps(speakers)]
+    elif fold is not None:
         command += ["--data.split_lists", str(fold)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
@@ -285,8 +319,10 @@ def summarise(config: str, runs: list[dict], folds: int | None = None) -> dict:
         "accuracy_mean": round(statistics.mean(accuracies), 4),
         "accuracy_std": round(statistics.stdev(accuracies), 4) if len(runs) > 1 else 0.0,
         "accuracies": accuracies,
-        "keyword_accuracy_mean": round(
-            statistics.mean(r["test_keyword_accuracy"] for r in runs), 4
+        "keyword_accuracy_mean": (
+            round(statistics.mean(r["test_keyword_accuracy"] for r in runs), 4)
+            if all(r.get("test_keyword_accuracy") is not None for r in runs)
+            else None  # a data set without keyword classes
         ),
         "val_accuracy_mean": round(statistics.mean(vals), 4) if vals else None,
         "test_examples": runs[0]["test_examples"],
@@ -330,9 +366,12 @@ def markdown_table(rows: list[dict]) -> str:
         else:
             accuracy = f"{100 * r['accuracy_mean']:.2f} (seed {r['seeds'][0]} only)"
         val, silence = r["val_accuracy_mean"], r["silence_recall_mean"]
+        keywords = (
+            "-" if r["keyword_accuracy_mean"] is None else f"{100 * r['keyword_accuracy_mean']:.2f}"
+        )
         lines.append(
             f"| {r['name']} | {r['parameters']:,} | {r['macs_per_second'] / 1e6:.1f} | {accuracy} "
-            f"| {100 * r['keyword_accuracy_mean']:.2f} "
+            f"| {keywords} "
             f"| {'-' if val is None else f'{100 * val:.2f}'} "
             f"| {'-' if silence is None else f'{100 * silence:.1f}'} | {r['epochs']} "
             f"| {r['train_minutes_mean']:.1f} |"
@@ -366,7 +405,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "configs", nargs="*", default=["recipe"], help="YAML files, or `recipe` (default)"
     )
     parser.add_argument(
-        "--data-root", type=Path, default=Path("../shared/data/speech_commands_dev")
+        "--recipe", choices=sorted(RECIPES), default="speech_commands",
+        help="the recipe configurations layer on (default speech_commands)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-root", type=Path, help="default: the recipe's folder in ../shared/data"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
@@ -383,6 +426,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="real silence clips to measure _silence_ recall on (default: "
                         "../shared/data/official_silence, when it exists)")  # fmt: skip
     args = parser.parse_args(argv)
+    args.data_root = args.data_root or DATA_ROOTS[args.recipe]
+    if args.recipe != "speech_commands":
+        args.silence_dir = None  # no _silence_ class
     if not args.data_root.is_dir():
         parser.error(f"--data-root {args.data_root} is not a folder")
     if args.jobs < 1 or args.threads < 1:
@@ -399,7 +445,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--folds must be at least 2, got {args.folds}")
     folds: list[Path | None] = [None]
     if args.folds:
-        folds = list(speaker_folds(args.data_root, args.folds, args.out_dir / "folds"))
+        make = speaker_folds if args.recipe == "speech_commands" else digit_speaker_folds
+        folds = list(make(args.data_root, args.folds, args.out_dir / "folds"))
     tasks = [(c, s, f) for c in args.configs for f in folds for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda task: run_one(*task, args), tasks))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torchaudio
 from torch import Tensor, nn
 
 from speechcnn.features import LogMelFeatures
@@ -20,6 +22,8 @@ class AugmentConfig:
     Args:
         speed: play each clip at a rate from [1 - speed, 1 + speed], as sox's `speed` does.
         time_shift_ms: each clip is shifted by up to this many milliseconds either way.
+        reverb_prob: probability that a clip is played in a simulated room (before gain/noise).
+        reverb_rt60: (low, high) reverberation times in seconds of the simulated rooms.
         gain_db: each clip's level changes by a gain from [-gain_db, gain_db] dB, before noise.
         noise_prob: probability that a clip gets background noise mixed in.
         noise_volume: the noise gain is drawn from [0, noise_volume] (without noise_snr_db).
@@ -35,6 +39,8 @@ class AugmentConfig:
 
     speed: float = 0.0
     time_shift_ms: float = 100.0
+    reverb_prob: float = 0.0
+    reverb_rt60: tuple[float, float] = (0.2, 0.8)
     gain_db: float = 12.0
     noise_prob: float = 0.8
     noise_volume: float = 0.1
@@ -46,6 +52,45 @@ class AugmentConfig:
     freq_mask_width: int = 5
     time_masks: int = 2
     time_mask_width: int = 5
+
+
+ROOMS = 64  # simulated rooms a training run draws from
+ROOM_SIZE_M = ((3.0, 3.0, 2.5), (8.0, 6.0, 3.5))  # (low, high) length, width and height
+MAX_REFLECTIONS = 20  # image-source order: keeps simulation under a second for all rooms
+
+
+def room_impulse_responses(
+    count: int, sample_rate: int, rt60: tuple[float, float], seed: int = 0
+) -> Tensor:
+    """(N, L) impulse responses of `count` shoebox rooms (pyroomacoustics' image-source model)
+    with reverberation times from `rt60`, a source and a microphone at random places in each.
+    Each starts at its direct path, so a word does not move in its clip, and has unit energy."""
+    try:
+        import pyroomacoustics as pra
+    except ImportError as error:
+        raise ImportError(
+            "reverb_prob > 0 simulates rooms with pyroomacoustics: pip install pyroomacoustics"
+        ) from error
+    rng = np.random.default_rng(seed)
+    responses = []
+    while len(responses) < count:
+        size = rng.uniform(*ROOM_SIZE_M)
+        try:
+            absorption, order = pra.inverse_sabine(rng.uniform(*rt60), size)
+        except ValueError:
+            continue  # that reverberation time cannot happen in a room this large: draw again
+        room = pra.ShoeBox(size, fs=sample_rate, materials=pra.Material(absorption),
+                           max_order=min(order, MAX_REFLECTIONS))  # fmt: skip
+        room.add_source(rng.uniform(0.5, size - 0.5))
+        room.add_microphone(rng.uniform(0.5, size - 0.5))
+        room.compute_rir()
+        response = np.asarray(room.rir[0][0], dtype=np.float32)
+        response = response[int(np.argmax(np.abs(response))) :]
+        responses.append(response / np.linalg.norm(response))
+    out = np.zeros((count, max(len(r) for r in responses)), dtype=np.float32)
+    for i, response in enumerate(responses):
+        out[i, : len(response)] = response
+    return torch.from_numpy(out)
 
 
 def rms(waveforms: Tensor, lengths: Tensor) -> Tensor:
@@ -78,14 +123,21 @@ class Augmentation(nn.Module):
                      "freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):  # fmt: skip
             if getattr(c, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(c, name)}")
+        if not 0.0 <= c.reverb_prob <= 1.0:
+            raise ValueError(f"reverb_prob must be in [0, 1], got {c.reverb_prob}")
+        if not (len(c.reverb_rt60) == 2 and 0 < c.reverb_rt60[0] <= c.reverb_rt60[1]):
+            raise ValueError(f"reverb_rt60 must be (low, high) seconds > 0, got {c.reverb_rt60}")
         snr = c.noise_snr_db
         if snr is not None and (len(snr) != 2 or snr[0] > snr[1]):
             raise ValueError(f"noise_snr_db must be (low, high) dB, got {snr}")
         self.config = c
         self.speed, self.gain_db = c.speed, c.gain_db
         self.noise_prob, self.noise_volume = c.noise_prob, c.noise_volume
+        self.sample_rate = sample_rate
         self.shift_samples = round(sample_rate * c.time_shift_ms / 1000)
         self.register_buffer("noise", torch.zeros(0), persistent=False)
+        # (N, L) impulse responses, simulated on first use (not for a model that only infers)
+        self.register_buffer("rooms", torch.zeros(0, 0), persistent=False)
         if noise is not None:
             self.set_noise(noise)
 
@@ -93,8 +145,26 @@ class Augmentation(nn.Module):
         """Background-noise recordings to mix in: (N,) samples, the recordings concatenated."""
         self.noise = noise.float().flatten().to(self.noise.device)
 
+    def reverberate(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+        """Play a `reverb_prob` share of the clips in a simulated room, at their own RMS:
+        (B, S) -> (B, S)."""
+        if self.rooms.numel() == 0:
+            rt60 = self.config.reverb_rt60
+            rooms = room_impulse_responses(ROOMS, self.sample_rate, rt60)
+            self.rooms = rooms.to(waveforms.device)
+        batch, n = waveforms.shape
+        device = waveforms.device
+        # only the chosen clips are convolved: at 0.5 s responses that is most of the cost
+        chosen = (torch.rand(batch, device=device) < self.config.reverb_prob).nonzero()[:, 0]
+        dry = waveforms[chosen]  # (B', S)
+        rooms = self.rooms[torch.randint(len(self.rooms), (len(chosen),), device=device)]
+        wet = torchaudio.functional.fftconvolve(dry, rooms)[:, :n]  # (B', S + L - 1) -> (B', S)
+        wet = wet * (rms(dry, lengths[chosen]) / rms(wet, lengths[chosen]))
+        return waveforms.index_copy(0, chosen, wet)
+
     def waveforms(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """Speed, time shift, level and background noise of a training batch, in that order:
+        """Speed, time shift, reverberation, level and background noise of a training batch, in
+        that order:
         (B, S) float waveforms, (B,) valid samples per clip -> (B, S) waveforms, zero past each
         clip's length."""
         batch, n = waveforms.shape
@@ -126,6 +196,8 @@ class Augmentation(nn.Module):
             source = positions - shift  # (B, S): output sample s reads input sample s - shift
             inside = (source >= 0) & (source < lengths[:, None])
             waveforms = torch.gather(waveforms, 1, source.clamp(0, n - 1)) * inside
+        if self.config.reverb_prob > 0:
+            waveforms = self.reverberate(waveforms, lengths) * valid
         if self.gain_db > 0:
             # A log-mel shifts by a constant with the level, which the model should not depend on.
             db = self.gain_db * (2.0 * torch.rand(batch, 1, device=device) - 1.0)  # (B, 1)

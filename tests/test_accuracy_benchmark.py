@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import write_wav
+from fakes import make_fsdd, write_wav
 
 from speechcnn.model import ClassifierConfig, build_classifier
 
@@ -119,6 +119,25 @@ def test_cross_validation_trains_every_fold(accuracy, speech_commands_root, tmp_
     assert "2-fold CV (± s.e.)" in printed and "official_silence recall" in printed
     runs = sorted((tmp_path / "cv" / "tiny").glob("k2-seed0-fold*-seed0-*/result.json"))
     assert [json.loads(r.read_text())["fold"] for r in runs] == ["fold0", "fold1"]
+
+
+def test_digit_cross_validation_tests_each_speaker_once(accuracy, tmp_path, capsys):
+    root = make_fsdd(tmp_path / "fsdd", speakers=("alice", "bob", "carol"), takes=8)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY)
+    (row,) = accuracy.main(
+        [str(tiny), "--recipe", "free_spoken_digits", "--data-root", str(root), "--jobs", "2",
+         "--threads", "1", "--seeds", "0", "--folds", "3", "--out-dir", str(tmp_path / "cv")]
+    )  # fmt: skip
+    assert row["folds"] == 3 and row["keyword_accuracy_mean"] is None
+    assert row["silence_recall_mean"] is None and row["test_examples"] == 80  # 10 digits x 8 takes
+    folds = sorted((tmp_path / "cv" / "folds" / "speakers3").glob("fold*/test_speakers.txt"))
+    assert [f.read_text().split() for f in folds] == [["alice"], ["bob"], ["carol"]]
+    configs = sorted(
+        (tmp_path / "cv" / "tiny").glob("speakers3-fold*/lightning_logs/*/config.yaml")
+    )
+    assert len(configs) == 3 and "- bob" in configs[1].read_text()
+    assert "3-fold CV (± s.e.)" in capsys.readouterr().out
 
 
 def test_multiply_accumulates_counted_by_hand(accuracy):

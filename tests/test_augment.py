@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from speechcnn.augment import Augmentation, AugmentConfig, rms
+from speechcnn.augment import Augmentation, AugmentConfig, rms, room_impulse_responses
 from speechcnn.features import LogMelFeatures
 
 OFF = AugmentConfig(
@@ -112,10 +112,35 @@ def test_spectral_eq_colours_each_clip_smoothly_within_its_range():
     assert curve.std(dim=0).min() > 0.5  # clips get different curves
 
 
+def test_room_impulse_responses_start_at_the_direct_path_with_unit_energy():
+    rooms = room_impulse_responses(4, 16000, (0.3, 0.6))  # (N, L)
+    assert rooms.shape[0] == 4 and rooms.shape[1] > 1600  # a tail of at least 0.1 s
+    torch.testing.assert_close(rooms.norm(dim=1), torch.ones(4))
+    assert (rooms.abs().argmax(dim=1) == 0).all()
+    torch.testing.assert_close(rooms, room_impulse_responses(4, 16000, (0.3, 0.6)))
+
+
+def test_reverberation_smears_a_click_into_a_tail_at_the_clip_level():
+    torch.manual_seed(0)
+    clicks = torch.zeros(8, 16000)
+    clicks[:, 4000] = 0.5
+    lengths = torch.tensor([16000] * 7 + [8000])
+    wet = augment(reverb_prob=1.0).waveforms(clicks, lengths)
+    assert (wet.abs().argmax(dim=1) == 4000).all()  # the word does not move
+    tail = wet[:, 4100:8000].abs().amax(dim=1)
+    assert (tail > 1e-3).all() and wet[:, :4000].abs().max() < 1e-5  # echoes after only
+    torch.testing.assert_close(rms(wet, lengths), rms(clicks, lengths))
+    assert (wet[7, 8000:] == 0).all()  # padding stays silent
+    half = augment(reverb_prob=0.5).waveforms(clicks.repeat(8, 1), torch.full((64,), 16000))
+    dry = (half == clicks[:1]).all(dim=1).float().mean()
+    assert 0.2 < dry < 0.8
+
+
 @pytest.mark.parametrize(
     "changes",
     [{"speed": 1.5}, {"gain_db": -1.0}, {"noise_prob": 2.0}, {"freq_warp": 1.0},
-     {"spectral_eq_db": -1.0}, {"time_masks": -1}],
+     {"spectral_eq_db": -1.0}, {"time_masks": -1}, {"reverb_prob": 1.5},
+     {"reverb_rt60": (0.5, 0.2)}],
 )  # fmt: skip
 def test_bad_settings_raise_naming_the_value(changes):
     with pytest.raises(ValueError, match=next(iter(changes))):

@@ -1,9 +1,12 @@
+import numpy as np
 import pytest
 import torch
+from fakes import word_tone, write_wav
 
 from speechcnn.data.speech_commands import (
     ALL_WORDS,
     KEYWORDS,
+    NOISE_DIR,
     SILENCE,
     UNKNOWN,
     DataError,
@@ -128,3 +131,30 @@ def test_training_silence_spans_the_loudness_asked_for(speech_commands_root):
     torch.testing.assert_close(data.clips["val"].waveforms, plain.clips["val"].waveforms)
     with pytest.raises(ValueError, match="silence_rms"):
         SpeechCommandsDataModule(root=str(speech_commands_root), silence_rms=(0.2, 0.1))
+
+
+def test_unknown_roots_add_other_speech_to_training_unknown_only(speech_commands_root, tmp_path):
+    others = tmp_path / "others"
+    for i in range(10):
+        write_wav(
+            others / "a" / f"long_{i}.wav",
+            word_tone("other", 8000, 2.5, np.random.default_rng(i)),
+            8000,
+        )
+    write_wav(others / NOISE_DIR / "hum.wav", np.zeros(8000, dtype=np.float32), 8000)
+    data = SpeechCommandsDataModule(root=str(speech_commands_root), unknown_roots=[str(others)])
+    data.setup("fit")
+    train = data.clips["train"]
+    extra = [i for i, p in enumerate(train.paths) if p.startswith(str(others))]
+    assert len(extra) == 6  # a keyword class's size, drawn from the 10 recordings
+    assert (train.labels[extra] == 1).all() and train.waveforms.shape[1] == 16000
+    assert not any("hum" in p for p in train.paths)
+    assert not any(p.startswith(str(others)) for p in data.clips["val"].paths)
+    with pytest.raises(ValueError, match="missing"):
+        SpeechCommandsDataModule(
+            root=str(speech_commands_root), unknown_roots=[str(tmp_path / "missing")]
+        )
+    with pytest.raises(ValueError, match="unknown_roots"):
+        SpeechCommandsDataModule(
+            root=str(speech_commands_root), task="35", unknown_roots=[str(others)]
+        )

@@ -56,6 +56,20 @@ def iter_decoded(items: Items, sample_rate: int, skipped: list[str]) -> Iterator
         yield samples, label, str(path)
 
 
+def loudest_window(samples: np.ndarray, num_samples: int) -> np.ndarray:
+    """The `num_samples` window of most energy, in 10 ms steps; shorter audio is centred in
+    zeros. Recordings have silence around the phrase, so this window holds the phrase."""
+    if len(samples) <= num_samples:
+        pad = num_samples - len(samples)
+        return np.pad(samples, (pad // 2, pad - pad // 2))
+    step = max(1, num_samples // 150)  # about 10 ms for a 1.5 s window
+    n, width = len(samples) // step, num_samples // step
+    energy = np.square(samples[: n * step]).reshape(n, step).sum(axis=1)  # (frames,)
+    totals = np.convolve(energy, np.ones(width), mode="valid")  # (frames - width + 1,)
+    start = min(int(np.argmax(totals)) * step, len(samples) - num_samples)
+    return samples[start : start + num_samples]
+
+
 def decode_clips(
     items: Items, sample_rate: int, num_samples: int | None, extra: Extra = ()
 ) -> ClipSet:

@@ -11,8 +11,9 @@ import numpy as np
 from speechcnn.data.audio import wav_files
 from speechcnn.data.base import ClipDataModule, Extra, Items
 from speechcnn.data.check import CheckReport, check_items
-from speechcnn.data.clips import iter_decoded
+from speechcnn.data.clips import iter_decoded, loudest_window
 from speechcnn.data.download import DownloadError, fetch_and_extract, may_download
+from speechcnn.data.folder import AUDIO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,9 @@ class SpeechCommandsDataModule(ClipDataModule):
         test_url: where speech_commands_test_set_v0.02.tar.gz is fetched from.
         split_lists: a folder with validation_list.txt and testing_list.txt to use, not root's.
         silence_rms: (low, high): training silence gets a log-uniform RMS in it, not a volume <= 1.
+        unknown_roots: folders of other speech (any audio files under them): as many of their
+            recordings as a keyword class has training clips, each cut to its loudest
+            `clip_seconds`, join training's `_unknown_`.
         sample_rate, batch_size, num_workers, cache, cache_dir, resident, check: as
             `ClipDataModule`'s.
     """
@@ -237,6 +241,7 @@ class SpeechCommandsDataModule(ClipDataModule):
         check: bool = True,
         split_lists: str | None = None,
         silence_rms: tuple[float, float] | None = None,
+        unknown_roots: list[str] | None = None,
     ) -> None:
         names = class_names(task)  # a bad task fails first
         if test_root is not None and task != "12":
@@ -245,6 +250,11 @@ class SpeechCommandsDataModule(ClipDataModule):
             raise ValueError(
                 f"silence_rms must be (low, high) with 0 < low <= high <= 1, got {silence_rms}"
             )
+        if unknown_roots and task != "12":
+            raise ValueError(f"unknown_roots add to the 12-class `_unknown_`; task is {task!r}")
+        for extra in unknown_roots or []:
+            if not Path(extra).is_dir():
+                raise ValueError(f"unknown_roots: {extra} is not a folder")
         if not str(root).strip():
             raise ValueError(f"root must name the data set's folder, got {root!r}")
         may_download(root, download)  # a bad value fails here, not at prepare_data
@@ -257,6 +267,7 @@ class SpeechCommandsDataModule(ClipDataModule):
         self.test_root, self.split_lists = test_root, split_lists
         self.download, self.url, self.test_url = download, url, test_url
         self.silence_rms = None if silence_rms is None else tuple(silence_rms)
+        self.unknown_roots = [Path(r) for r in unknown_roots or []]
         self._index: dict[str, list[tuple[str, str]]] | None = None
         self._noise: list[np.ndarray] | None = None
 
@@ -298,13 +309,32 @@ class SpeechCommandsDataModule(ClipDataModule):
         return self._split_items(split)[0]
 
     def extra_clips(self, split: str) -> Extra:
-        """The split's `_silence_` clips, cut from the background noise."""
+        """The split's `_silence_` clips, cut from the background noise, and in training the
+        `unknown_roots` windows."""
         if not (n_silence := self._split_items(split)[1]):
             return []
         rng = np.random.default_rng([self.seed, 100 + SPLITS.index(split)])
         rms = self.silence_rms if split == "train" else None
         silence = cut_silence(self.noise(), n_silence, self.num_samples, rng, rms)
-        return [(s, 0, f"{SILENCE}/{split}_{i}") for i, s in enumerate(silence)]
+        clips = [(s, 0, f"{SILENCE}/{split}_{i}") for i, s in enumerate(silence)]
+        if split == "train" and self.unknown_roots:
+            clips += self._extra_unknown(n_silence, rng)
+        return clips
+
+    def _extra_unknown(self, count: int, rng: np.random.Generator) -> Extra:
+        """`count` recordings drawn from `unknown_roots`, each at its loudest window."""
+        files = sorted(
+            p for root in self.unknown_roots for p in root.rglob("*")
+            if p.suffix.lower() in AUDIO_SUFFIXES and NOISE_DIR not in p.parts
+        )  # fmt: skip
+        if not files:
+            raise DataError(f"unknown_roots {[str(r) for r in self.unknown_roots]}: no audio files")
+        picked = [(files[i], 0) for i in sorted(rng.permutation(len(files))[:count])]
+        unknown = self.class_names.index(UNKNOWN)
+        return [
+            (loudest_window(samples, self.num_samples), unknown, path)
+            for samples, _, path in iter_decoded(picked, self.sample_rate, skipped=[])
+        ]
 
     eval_negatives = "held-out words"  # calibration's test negatives: the testing split's
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from speechcnn.data.base import ClipDataModule, Extra, Items
 from speechcnn.data.check import CheckReport, check_items
-from speechcnn.data.clips import iter_decoded
+from speechcnn.data.clips import iter_decoded, loudest_window
 from speechcnn.data.folder import AUDIO_SUFFIXES
 from speechcnn.data.speech_commands import NOISE_DIR, SPLITS, cut_silence
 
@@ -46,20 +46,6 @@ def audio_files(root: Path, exclude: Path | None = None) -> list[Path]:
         return files
     exclude = exclude.resolve()
     return [p for p in files if not p.resolve().is_relative_to(exclude)]
-
-
-def loudest_window(samples: np.ndarray, num_samples: int) -> np.ndarray:
-    """The `num_samples` window of most energy, in 10 ms steps; shorter audio is centred in
-    zeros. Recordings have silence around the phrase, so this window holds the phrase."""
-    if len(samples) <= num_samples:
-        pad = num_samples - len(samples)
-        return np.pad(samples, (pad // 2, pad - pad // 2))
-    step = max(1, num_samples // 150)  # about 10 ms for a 1.5 s window
-    n, width = len(samples) // step, num_samples // step
-    energy = np.square(samples[: n * step]).reshape(n, step).sum(axis=1)  # (frames,)
-    totals = np.convolve(energy, np.ones(width), mode="valid")  # (frames - width + 1,)
-    start = min(int(np.argmax(totals)) * step, len(samples) - num_samples)
-    return samples[start : start + num_samples]
 
 
 def split_of_path(path: Path, seed: int, shares: tuple[float, float] = (0.6, 0.8)) -> str:
