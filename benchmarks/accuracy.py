@@ -24,7 +24,8 @@ error (the standard deviation over folds / sqrt(K)).
 
 `--recipe free_spoken_digits` layers the configurations on recipes/free_spoken_digits.yaml
 instead; its folds deal FSDD's speakers out (five speakers, `--folds 5`: each tested once,
-never heard in training, with the recipe's `speakers` split).
+never heard in training, with the recipe's `speakers` split). `--epochs N` trains every run
+N epochs instead of its configuration's: a cheaper screening of options, in its own run folders.
 """
 
 from __future__ import annotations
@@ -82,12 +83,23 @@ def merged_config(config: str, recipe: Path = RECIPE) -> dict:
 
 
 def fingerprint(
-    config: str, seed: int, data_root: Path, fold: Path | None = None, recipe: Path = RECIPE
+    config: str,
+    seed: int,
+    data_root: Path,
+    fold: Path | None = None,
+    recipe: Path = RECIPE,
+    epochs: int | None = None,
 ) -> str:
-    """What a run's result depends on: the merged settings, the seed, the data folder and,
-    in cross-validation, the fold's lists."""
+    """What a run's result depends on: the merged settings (with `epochs` in place of the
+    configuration's, when given), the seed, the data folder and, in cross-validation, the
+    fold's lists."""
     settings = merged_config(config, recipe)
+    if epochs is not None:
+        settings["trainer"]["max_epochs"] = epochs
     settings["data"]["init_args"].pop("root", None)
+    # a data argument set to null is that argument's default: the same run as leaving it out
+    data = settings["data"]["init_args"]
+    settings["data"]["init_args"] = {k: v for k, v in data.items() if v is not None}
     lists = [] if fold is None else [(fold / n).read_text() for n in sorted(os.listdir(fold))]
     key = json.dumps([settings, seed, str(data_root.resolve()), lists], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -164,7 +176,7 @@ def row_name(config: str) -> str:
 def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace) -> dict:
     """Train and test one configuration with one seed (on one fold's split lists, in
     cross-validation), or read back its finished run."""
-    stamp = fingerprint(config, seed, args.data_root, fold, RECIPES[args.recipe])
+    stamp = fingerprint(config, seed, args.data_root, fold, RECIPES[args.recipe], args.epochs)
     where = "" if fold is None else f"{fold.parent.name}-{fold.name}-"
     run_dir = args.out_dir / row_name(config) / f"{where}seed{seed}-{stamp}"
     result_file = run_dir / "result.json"
@@ -184,6 +196,8 @@ def run_one(config: str, seed: int, fold: Path | None, args: argparse.Namespace)
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
+    if args.epochs is not None:
+        command += ["--trainer.max_epochs", str(args.epochs)]
     if fold is not None and (fold / "test_speakers.txt").is_file():
         speakers = (fold / "test_speakers.txt").read_text().split()
         command += ["--data.split", "speakers", "--data.test_speakers", json.dumps(speakers)]
@@ -422,6 +436,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--folds", type=int, help="speaker-disjoint cross-validation with this many folds"
     )
+    parser.add_argument(
+        "--epochs", type=int, help="train this many epochs, not the configuration's (screening)"
+    )
     parser.add_argument("--silence-dir", type=Path, default=SILENCE if SILENCE.is_dir() else None,
                         help="real silence clips to measure _silence_ recall on (default: "
                         "../shared/data/official_silence, when it exists)")  # fmt: skip
@@ -441,6 +458,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     if args.silence_dir is not None and not args.silence_dir.is_dir():
         parser.error(f"--silence-dir {args.silence_dir} is not a folder")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.folds is not None and args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}")
     folds: list[Path | None] = [None]
