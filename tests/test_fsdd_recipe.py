@@ -43,6 +43,9 @@ def test_speaker_split(fsdd_root):
         _, speaker, take = parse_fsdd_name(item.path.name)
         expected = "test" if speaker == "bob" else "val" if take < 5 else "train"
         assert data.split_of(item) == expected
+    # holding out another speaker is another store entry: concurrent folds keep their own
+    other = FSDDDataModule(str(fsdd_root), split="speakers", test_speakers=["alice"])
+    assert other.entry_name("train") != data.entry_name("train")
     with pytest.raises(ValueError, match="carol"):
         FSDDDataModule(str(fsdd_root), split="speakers", test_speakers=["carol"])
     with pytest.raises(ValueError, match="split"):

@@ -63,7 +63,9 @@ class FSDDDataModule(LabelledAudioDataModule):
         self.split, self.val_takes = split, val_takes
         self.test_speakers = list(test_speakers) if test_speakers is not None else ["george"]
         super().__init__(root=root, classes=DIGITS, sample_rate=sample_rate, **kwargs)
-        self.name = f"fsdd-{split}"
+        # runs holding out other speakers keep their own store entries (one live entry a name)
+        held_out = "-".join(sorted(self.test_speakers)) if split == "speakers" else ""
+        self.name = f"fsdd-{split}-{held_out}" if held_out else f"fsdd-{split}"
         if split == "speakers":
             speakers = {parse_fsdd_name(i.path.name)[1] for i in self.items}
             if unknown := sorted(set(self.test_speakers) - speakers):
