@@ -105,7 +105,7 @@ def test_cross_validation_trains_every_fold(accuracy, speech_commands_root, tmp_
     (row,) = accuracy.main(
         [str(tiny), "--data-root", str(speech_commands_root), "--jobs", "2", "--threads", "1",
          "--seeds", "0", "--folds", "2", "--out-dir", str(tmp_path / "cv"),
-         "--silence-dir", str(tmp_path / "silence")]
+         "--silence-dir", str(tmp_path / "silence"), "--official"]
     )  # fmt: skip
     assert 0.0 <= row["silence_recall_mean"] <= 1.0
     for result in (tmp_path / "cv" / "tiny").glob("*/result.json"):  # 3 clips: k/3 each
@@ -117,6 +117,9 @@ def test_cross_validation_trains_every_fold(accuracy, speech_commands_root, tmp_
     assert 60 < row["test_examples"] < 100
     printed = capsys.readouterr().out
     assert "2-fold CV (± s.e.)" in printed and "official_silence recall" in printed
+    # --official: the recipe's own split too, beside the folds and not among them
+    assert 0.0 <= row["official_accuracy_mean"] <= 1.0 and "testing split |" in printed
+    assert len(list((tmp_path / "cv" / "tiny").glob("seed0-*/result.json"))) == 1
     runs = sorted((tmp_path / "cv" / "tiny").glob("k2-seed0-fold*-seed0-*/result.json"))
     assert [json.loads(r.read_text())["fold"] for r in runs] == ["fold0", "fold1"]
 
