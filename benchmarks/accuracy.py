@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for config in args.configs:
         runs = [r for (c, _, _), r in zip(tasks, results, strict=True) if c == config]
         official = [r for r in runs if args.folds and r["fold"] is None]
-        rows.append(summarise(config, [r for r in runs if r not in official], args.folds))
+        folded = [r for r in runs if not official or r["fold"] is not None]
+        rows.append(summarise(config, folded, args.folds))
         if official:
             accuracy = statistics.mean(r["test_accuracy"] for r in official)
             rows[-1]["official_accuracy_mean"] = round(accuracy, 4)

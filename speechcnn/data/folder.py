@@ -43,6 +43,12 @@ class Item:
     split: str | None = None
 
 
+def audio_files_under(root: str | Path) -> list[Path]:
+    """Every audio file (`AUDIO_SUFFIXES`, any case) at any depth under `root`, sorted."""
+    paths = Path(root).rglob("*")
+    return sorted(p for p in paths if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
 def index_class_folders(root: str | Path) -> list[Item]:
     """Audio files under `root/<class>/` (any depth below the class folder), labelled by it."""
     root = Path(root)
@@ -50,9 +56,7 @@ def index_class_folders(root: str | Path) -> list[Item]:
         raise FolderDataError(f"data folder {root} does not exist")
     items = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
-                items.append(Item(path, folder.name))
+        items += [Item(path, folder.name) for path in audio_files_under(folder)]
     if not items:
         raise FolderDataError(
             f"{root} holds no audio files ({', '.join(AUDIO_SUFFIXES)}) in class sub-folders: "
@@ -199,8 +203,7 @@ class LabelledAudioDataModule(ClipDataModule):
         """The recordings of `noise_dir` (none without it)."""
         if self.noise_dir is None:
             return []
-        paths = sorted(Path(self.noise_dir).rglob("*"))
-        files = [(p, 0) for p in paths if p.suffix.lower() in AUDIO_SUFFIXES]
+        files = [(p, 0) for p in audio_files_under(self.noise_dir)]
         noise = [samples for samples, _, _ in iter_decoded(files, self.sample_rate, skipped=[])]
         if not noise:
             raise FolderDataError(f"noise_dir {self.noise_dir} holds no readable recordings")

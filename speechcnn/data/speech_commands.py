@@ -13,7 +13,7 @@ from speechcnn.data.base import ClipDataModule, Extra, Items
 from speechcnn.data.check import CheckReport, check_items
 from speechcnn.data.clips import iter_decoded, loudest_window
 from speechcnn.data.download import DownloadError, fetch_and_extract, may_download
-from speechcnn.data.folder import AUDIO_SUFFIXES
+from speechcnn.data.folder import audio_files_under
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,8 @@ class SpeechCommandsDataModule(ClipDataModule):
     def _extra_unknown(self, count: int, rng: np.random.Generator) -> Extra:
         """`count` recordings drawn from `unknown_roots`, each at its loudest window."""
         files = sorted(
-            p for root in self.unknown_roots for p in root.rglob("*")
-            if p.suffix.lower() in AUDIO_SUFFIXES and NOISE_DIR not in p.parts
+            p for root in self.unknown_roots for p in audio_files_under(root)
+            if NOISE_DIR not in p.parts
         )  # fmt: skip
         if not files:
             raise DataError(f"unknown_roots {[str(r) for r in self.unknown_roots]}: no audio files")

@@ -13,7 +13,7 @@ import numpy as np
 from speechcnn.data.base import ClipDataModule, Extra, Items
 from speechcnn.data.check import CheckReport, check_items
 from speechcnn.data.clips import iter_decoded, loudest_window
-from speechcnn.data.folder import AUDIO_SUFFIXES
+from speechcnn.data.folder import AUDIO_SUFFIXES, audio_files_under
 from speechcnn.data.speech_commands import NOISE_DIR, SPLITS, cut_silence
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,10 @@ class WakeWordError(ValueError):
     """A wake-word folder or negative root that cannot be used."""
 
 
-def audio_files_any(root: Path) -> list[Path]:
-    """Every audio file under `root`, sorted (background-noise folders included)."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-
-
 def audio_files(root: Path, exclude: Path | None = None) -> list[Path]:
     """Audio files under `root`, sorted, without background-noise folders or `exclude` (the
     phrase's own folder inside a negative root, however either path is written)."""
-    files = [p for p in audio_files_any(root) if NOISE_DIR not in p.parts]
+    files = [p for p in audio_files_under(root) if NOISE_DIR not in p.parts]
     if exclude is None:
         return files
     exclude = exclude.resolve()
@@ -245,7 +240,9 @@ class WakeWordDataModule(ClipDataModule):
     def noise(self) -> list[np.ndarray]:
         """The recordings of `noise_dir` (read once; none without it)."""
         if self._noise is None:
-            self._noise = self.recordings(audio_files_any(self.noise_dir) if self.noise_dir else [])
+            self._noise = self.recordings(
+                audio_files_under(self.noise_dir) if self.noise_dir else []
+            )
         return self._noise
 
     def data_check(self, cache: bool = True) -> CheckReport:
